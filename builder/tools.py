@@ -1,0 +1,62 @@
+"""Host tools: find them, name the Debian package when one is missing, run them as argv lists."""
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from builder.errors import MissingTool, PibuildError
+
+# tool -> the Debian package that provides it
+DEBIAN_PACKAGE = {
+    "mmdebstrap": "mmdebstrap",
+    "qemu-arm-static": "qemu-user-static",
+    "qemu-aarch64-static": "qemu-user-static",
+    "qemu-system-arm": "qemu-system-arm",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+    "mcopy": "mtools",
+    "mdir": "mtools",
+    "mkfs.vfat": "dosfstools",
+    "mke2fs": "e2fsprogs",
+    "e2fsck": "e2fsprogs",
+    "resize2fs": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "sfdisk": "fdisk",
+    "losetup": "mount",
+    "mount": "mount",
+    "umount": "mount",
+    "lsblk": "util-linux",
+    "blockdev": "util-linux",
+    "bmaptool": "bmap-tools",
+    "xz": "xz-utils",
+    "openssl": "openssl",
+    "named-checkconf": "bind9-utils",
+    "ip": "iproute2",
+    "dig": "bind9-dnsutils",
+}
+
+
+def require(*tools: str) -> None:
+    """Fail with the package to install for the first tool that is missing."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise MissingTool(tool, DEBIAN_PACKAGE.get(tool, tool))
+
+
+def run(argv: Sequence[str], *, input: bytes | str | None = None, capture: bool = False,
+        check: bool = True, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run argv; on failure raise PibuildError with the command and its stderr tail."""
+    require(argv[0]) if "/" not in argv[0] else None
+    text = isinstance(input, str)
+    proc = subprocess.run(
+        list(argv), input=input, text=text or None, env=env, cwd=cwd,
+        stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None,
+    )
+    if check and proc.returncode != 0:
+        err = proc.stderr if capture else ""
+        if isinstance(err, bytes):
+            err = err.decode(errors="replace")
+        tail = "\n".join((err or "").strip().splitlines()[-15:])
+        raise PibuildError(f"{argv[0]} failed (exit {proc.returncode}): {' '.join(map(str, argv))}"
+                           + (f"\n{tail}" if tail else ""))
+    return proc
