@@ -46,7 +46,8 @@ def require(*tools: str) -> None:
 def run(argv: Sequence[str], *, input: bytes | str | None = None, capture: bool = False,
         check: bool = True, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """Run argv; on failure raise PibuildError with the command and its stderr tail."""
-    require(argv[0]) if "/" not in argv[0] else None
+    if "/" not in str(argv[0]):
+        require(str(argv[0]))
     text = isinstance(input, str)
     proc = subprocess.run(
         list(argv), input=input, text=text or None, env=env, cwd=cwd,
