@@ -1,0 +1,506 @@
+"""cluster.yaml: load it into immutable, typed objects and find every problem at once.
+
+Each rule names the key path, the bad value and what would be valid. `load()` raises ConfigError listing them all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import ConfigError
+from builder.releases import ARCHES, MODELS, RELEASES
+
+SOURCES = ("raspios", "file", "debian")
+NO_QUORUM_POLICIES = ("ignore", "stop", "freeze", "demote", "suicide")
+FAILBACK = ("manual", "auto")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Pacemaker ids are XML IDs: a letter or underscore first.
+PACEMAKER_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|sec|m|min|h|hr)?$")
+CRYPT_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy]?)\$[^\s:]+$")
+SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+                        r" [A-Za-z0-9+/=]+( .*)?$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Accounts the images already have: the login user must not collide with them.
+RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+                  "www-data", "backup", "list", "irc", "nobody", "systemd-network", "systemd-resolve", "messagebus",
+                  "sshd", "hacluster", "bind", "haclient", "_apt", "systemd-timesync", "polkitd", "avahi"}
+
+
+@dataclass(frozen=True)
+class Base:
+    source: str
+    release: str
+    arch: str
+    url: str | None = None
+    sha256: str | None = None
+    path: Path | None = None
+    mirror: str = DEFAULT_MIRROR
+
+
+@dataclass(frozen=True)
+class Network:
+    interface: str
+    prefix: int
+    gateway: str
+    dns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    ssh_authorized_keys: tuple[str, ...] = ()
+    password_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    address: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Vip:
+    name: str
+    address: str
+    prefer: tuple[str, ...]
+    group: str
+    monitor: str
+
+    def scores(self) -> list[tuple[str, int]]:
+        """The seed's location scores: the first preferred node 100 × n, the next 100 × (n − 1), …"""
+        n = len(self.prefer)
+        return [(node, 100 * (n - i)) for i, node in enumerate(self.prefer)]
+
+
+@dataclass(frozen=True)
+class Pacemaker:
+    stonith_enabled: bool = False
+    no_quorum_policy: str = "ignore"
+    migration_threshold: int = 1
+    monitor_interval: str = "10s"
+    monitor_timeout: str = "20s"
+    failback: str = "manual"
+    failure_timeout: str = "60s"
+    named_user: str = "bind"
+    monitor_request: str = "localhost"
+    # corosync's totem token (ms): how long a silent node takes to be declared lost.
+    token_ms: int = 3000
+
+
+@dataclass(frozen=True)
+class Dns:
+    allow_recursion: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    base: Base
+    network: Network
+    login: Login
+    hacluster_password_file: Path
+    nodes: tuple[Node, ...]
+    vips: tuple[Vip, ...]
+    pacemaker: Pacemaker
+    dns: Dns
+    source: Path
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(f"{self.nodes[0].address}/{self.network.prefix}", strict=False)
+
+    @property
+    def initiator(self) -> Node:
+        """The node that forms the cluster: the first one listed."""
+        return self.nodes[0]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+
+# The keys each section accepts (unknown keys are reported: a typo must not silently fall back to a default).
+KNOWN_KEYS = {
+    "": ("cluster", "base", "network", "login", "secrets", "nodes", "vips", "pacemaker", "dns"),
+    "cluster": ("name",),
+    "base": ("source", "release", "arch", "url", "sha256", "path", "mirror"),
+    "network": ("interface", "prefix", "gateway", "dns"),
+    "login": ("user", "ssh_authorized_keys", "password_hash"),
+    "secrets": ("hacluster_password_file",),
+    "node": ("name", "address", "model"),
+    "vip": ("name", "address", "prefer", "group", "monitor"),
+    "pacemaker": ("stonith_enabled", "no_quorum_policy", "migration_threshold", "monitor_interval", "monitor_timeout",
+                  "failback", "failure_timeout", "named_user", "monitor_request", "token_ms"),
+    "dns": ("allow_recursion",),
+}
+
+
+class _Reader:
+    """Reads values by key path, recording a problem instead of raising, so every problem is reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, key: str, value: Any, fix: str) -> None:
+        shown = "missing" if value is _MISSING else repr(value)
+        self.problems.append(f"{key}: {shown}: {fix}")
+
+    def section(self, data: dict, key: str, known: str, required: bool = True) -> dict:
+        value = data.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if required:
+                self.problem(key, _MISSING, f"add a '{key}:' section")
+            return {}
+        if not isinstance(value, dict):
+            self.problem(key, value, "must be a mapping of keys")
+            return {}
+        self.unknown_keys(value, key, known)
+        return value
+
+    def unknown_keys(self, value: dict, path: str, known: str) -> None:
+        for k in value:
+            if k not in KNOWN_KEYS[known]:
+                self.problem(f"{path}.{k}" if path else str(k), value[k],
+                             f"unknown key; known keys here: {', '.join(KNOWN_KEYS[known])}")
+
+    def get(self, data: dict, path: str, key: str, kind: type | tuple, default: Any = None,
+            required: bool = False, what: str = "") -> Any:
+        value = data.get(key, _MISSING)
+        full = f"{path}.{key}" if path else key
+        if value is _MISSING or value is None:
+            if required:
+                self.problem(full, _MISSING, f"required{': ' + what if what else ''}")
+            return default
+        # YAML's true/false are ints in Python; never accept one where a number is wanted, or the reverse.
+        if kind is int and isinstance(value, bool):
+            self.problem(full, value, f"must be a whole number{': ' + what if what else ''}")
+            return default
+        if not isinstance(value, kind):
+            name = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}.get(kind, str(kind))
+            self.problem(full, value, f"must be {name}{': ' + what if what else ''}")
+            return default
+        return value
+
+    def choice(self, data: dict, path: str, key: str, choices, default: Any = None, required: bool = False):
+        value = self.get(data, path, key, str, default, required, what="one of " + ", ".join(choices))
+        if value is not None and value not in choices:
+            self.problem(f"{path}.{key}", value, f"must be one of {', '.join(choices)}")
+            return default
+        return value
+
+    def ipv4(self, value: Any, key: str) -> str | None:
+        try:
+            return str(ipaddress.IPv4Address(str(value)))
+        except ValueError:
+            self.problem(key, value, "must be an IPv4 address such as 192.168.100.1")
+            return None
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "missing"
+
+
+_MISSING = _Missing()
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"YAML syntax error at{where}: {problem}"]) from None
+    if data is None:
+        raise ConfigError(source, ["the file is empty: start from examples/cluster.yaml"])
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of sections, not {type(data).__name__}"])
+    return data
+
+
+def load(path: Path) -> Cluster:
+    """Read and validate cluster.yaml; raise ConfigError naming every problem."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    return from_dict(parse_yaml(text, str(path)), path)
+
+
+def from_dict(data: dict, source: Path) -> Cluster:
+    r = _Reader()
+    r.unknown_keys(data, "", "")
+    base_dir = source.parent
+
+    # cluster
+    sec = r.section(data, "cluster", "cluster")
+    name = r.get(sec, "cluster", "name", str, required=True)
+    if name is not None and not CLUSTER_NAME_RE.match(name):
+        r.problem("cluster.name", name, "use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
+
+    # base
+    sec = r.section(data, "base", "base")
+    source_kind = r.choice(sec, "base", "source", SOURCES, required=True)
+    release = r.choice(sec, "base", "release", tuple(RELEASES), required=True)
+    arch = r.choice(sec, "base", "arch", tuple(ARCHES), required=True)
+    url = r.get(sec, "base", "url", str)
+    sha256 = r.get(sec, "base", "sha256", str)
+    if sha256 is not None and not SHA256_RE.match(sha256.lower()):
+        r.problem("base.sha256", sha256, "must be 64 hexadecimal digits (sha256sum's output)")
+    if url is not None and not re.match(r"^(https?|file)://", url):
+        r.problem("base.url", url, "must be an http://, https:// or file:// URL")
+    mirror = r.get(sec, "base", "mirror", str, DEFAULT_MIRROR)
+    if not re.match(r"^(https?|file)://", mirror):
+        r.problem("base.mirror", mirror, "must be an http://, https:// or file:// URL of a Debian archive")
+    base_path = r.get(sec, "base", "path", str)
+    resolved_path = None
+    if source_kind == "file":
+        if base_path is None:
+            r.problem("base.path", _MISSING, "required when base.source is 'file': the .img or .img.xz to start from")
+        else:
+            resolved_path = (base_dir / base_path).expanduser()
+            if not base_path.endswith((".img", ".img.xz")):
+                r.problem("base.path", base_path, "must name a .img or .img.xz file")
+            elif not resolved_path.is_file():
+                r.problem("base.path", base_path, f"no such file ({resolved_path})")
+    elif base_path is not None:
+        r.problem("base.path", base_path, "only used with base.source: file; remove it or set source: file")
+    for key, value in (("url", url), ("sha256", sha256)):
+        if value is not None and source_kind not in (None, "raspios"):
+            r.problem(f"base.{key}", value, "only used with base.source: raspios")
+    base = Base(source_kind or "debian", release or "bookworm", arch or "armhf", url, sha256 and sha256.lower(),
+                resolved_path, mirror)
+
+    # network
+    sec = r.section(data, "network", "network")
+    interface = r.get(sec, "network", "interface", str, "eth0")
+    if not IFNAME_RE.match(interface):
+        r.problem("network.interface", interface, "must be an interface name of at most 15 characters, e.g. eth0")
+    prefix = r.get(sec, "network", "prefix", int, 24)
+    if not 8 <= prefix <= 30:
+        r.problem("network.prefix", prefix, "must be between 8 and 30 (24 means 255.255.255.0)")
+        prefix = 24
+    gateway = r.get(sec, "network", "gateway", str, required=True, what="the router's address")
+    gateway = r.ipv4(gateway, "network.gateway") if gateway is not None else None
+    dns_raw = r.get(sec, "network", "dns", list, [])
+    dns = tuple(a for i, v in enumerate(dns_raw) if (a := r.ipv4(v, f"network.dns[{i}]")))
+    if not dns_raw:
+        r.problem("network.dns", dns_raw or _MISSING, "list at least one upstream resolver (BIND forwards to it)")
+
+    # login
+    sec = r.section(data, "login", "login")
+    user = r.get(sec, "login", "user", str, required=True, what="the account you log in with")
+    if user is not None and not USER_RE.match(user):
+        r.problem("login.user", user, "use lower-case letters, digits, '-' or '_', starting with a letter")
+    elif user in RESERVED_USERS:
+        r.problem("login.user", user, "this account already exists in the image; choose another name, e.g. admin")
+    keys = r.get(sec, "login", "ssh_authorized_keys", list, [])
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not SSH_KEY_RE.match(key.strip()):
+            r.problem(f"login.ssh_authorized_keys[{i}]", key,
+                      "must be one public key line, e.g. 'ssh-ed25519 AAAA… you@host' (the .pub file's content)")
+    password_hash = r.get(sec, "login", "password_hash", str)
+    if password_hash is not None and not CRYPT_RE.match(password_hash):
+        r.problem("login.password_hash", password_hash,
+                  "must be a crypt hash, e.g. the output of `mkpasswd -m yescrypt` or `openssl passwd -6`")
+    login = Login(user or "admin", tuple(k.strip() for k in keys if isinstance(k, str)), password_hash)
+
+    # secrets
+    sec = r.section(data, "secrets", "secrets", required=False)
+    secret = r.get(sec, "secrets", "hacluster_password_file", str, "secrets/hacluster")
+    secret_path = (base_dir / secret).expanduser()
+
+    # nodes
+    nodes: list[Node] = []
+    raw_nodes = r.get(data, "", "nodes", list, [], required=True, what="at least two nodes")
+    if raw_nodes is not None and len(raw_nodes) < 2:
+        r.problem("nodes", raw_nodes, "a cluster needs at least two nodes")
+    for i, raw in enumerate(raw_nodes or []):
+        key = f"nodes[{i}]"
+        if not isinstance(raw, dict):
+            r.problem(key, raw, "must be a mapping with name, address and model")
+            continue
+        r.unknown_keys(raw, key, "node")
+        n_name = r.get(raw, key, "name", str, required=True, what="the node's hostname")
+        if n_name is not None and not HOSTNAME_RE.match(n_name):
+            r.problem(f"{key}.name", n_name,
+                      "must be a hostname: lower-case letters, digits and '-', at most 63, not starting or ending with '-'")
+        elif n_name is not None and n_name.isdigit():
+            r.problem(f"{key}.name", n_name, "a hostname cannot be all digits")
+        addr = r.get(raw, key, "address", str, required=True)
+        addr = r.ipv4(addr, f"{key}.address") if addr is not None else None
+        model = r.get(raw, key, "model", str, required=True, what="the board, e.g. pi3b")
+        if model is not None and model not in MODELS:
+            r.problem(f"{key}.model", model, f"unknown model; known: {', '.join(MODELS)}")
+        elif model is not None and arch is not None:
+            m = MODELS[model]
+            if arch not in m.arches:
+                r.problem(f"{key}.model", model,
+                          f"a {m.description} cannot run {arch}; use base.arch: {m.arches[0]} or another board")
+            elif m.armv6 and source_kind in ("debian",):
+                r.problem(f"{key}.model", model,
+                          f"a {m.description} is ARMv6, which Debian's armhf does not support; use base.source: raspios")
+        if n_name and addr:
+            nodes.append(Node(n_name, addr, model or "pi3b"))
+
+    _unique(r, "nodes", "name", [(f"nodes[{i}].name", n.get("name")) for i, n in _mappings(raw_nodes)])
+    _unique(r, "nodes", "address", [(f"nodes[{i}].address", n.get("address")) for i, n in _mappings(raw_nodes)])
+    node_names = {n.name for n in nodes}
+
+    # the subnet every address must sit in
+    subnet = None
+    if nodes:
+        subnet = ipaddress.ip_network(f"{nodes[0].address}/{prefix}", strict=False)
+        for i, raw in _mappings(raw_nodes):
+            _in_subnet(r, f"nodes[{i}].address", raw.get("address"), subnet)
+        if gateway:
+            _in_subnet(r, "network.gateway", gateway, subnet)
+            for i, raw in _mappings(raw_nodes):
+                if raw.get("address") == gateway:
+                    r.problem(f"nodes[{i}].address", gateway, "is the gateway's address; give the node its own")
+
+    # vips
+    vips: list[Vip] = []
+    raw_vips = r.get(data, "", "vips", list, [], required=True, what="the floating addresses clients use")
+    if raw_vips is not None and not raw_vips:
+        r.problem("vips", raw_vips, "list at least one floating address: without one the cluster protects nothing")
+    node_addresses = {n.address for n in nodes}
+    for i, raw in enumerate(raw_vips or []):
+        key = f"vips[{i}]"
+        if not isinstance(raw, dict):
+            r.problem(key, raw, "must be a mapping with name, address and prefer")
+            continue
+        r.unknown_keys(raw, key, "vip")
+        v_name = r.get(raw, key, "name", str, required=True)
+        group = r.get(raw, key, "group", str, f"rg-{i + 1:02d}")
+        monitor = r.get(raw, key, "monitor", str, f"monitor-named{i + 1}")
+        for sub, ident in (("name", v_name), ("group", group), ("monitor", monitor)):
+            if ident is not None and not PACEMAKER_ID_RE.match(ident):
+                r.problem(f"{key}.{sub}", ident, "must start with a letter or '_' and hold only letters, digits, '.-_'")
+        addr = r.get(raw, key, "address", str, required=True)
+        addr = r.ipv4(addr, f"{key}.address") if addr is not None else None
+        if addr and subnet:
+            _in_subnet(r, f"{key}.address", addr, subnet)
+        if addr in node_addresses:
+            r.problem(f"{key}.address", addr, "is a node's own address; a floating address must be unused")
+        if addr and addr == gateway:
+            r.problem(f"{key}.address", addr, "is the gateway's address; a floating address must be unused")
+        prefer = r.get(raw, key, "prefer", list, [], required=True, what="the nodes to run on, most preferred first")
+        for j, p in enumerate(prefer):
+            if p not in node_names and nodes:
+                r.problem(f"{key}.prefer[{j}]", p, f"unknown node; nodes are: {', '.join(sorted(node_names))}")
+        if len(set(map(str, prefer))) != len(prefer):
+            r.problem(f"{key}.prefer", prefer, "lists a node twice")
+        if v_name and addr and group and monitor:
+            vips.append(Vip(v_name, addr, tuple(map(str, prefer)), group, monitor))
+    _unique(r, "vips", "address", [(f"vips[{i}].address", v.get("address")) for i, v in _mappings(raw_vips)])
+    ids = [(f"vips[{i}].{k}", ident) for i, v in enumerate(vips) for k, ident in
+           (("name", v.name), ("group", v.group), ("monitor", v.monitor))]
+    _unique(r, "vips", "name, group or monitor", ids)
+
+    # pacemaker
+    sec = r.section(data, "pacemaker", "pacemaker", required=False)
+    d = Pacemaker()
+    pm = Pacemaker(
+        stonith_enabled=r.get(sec, "pacemaker", "stonith_enabled", bool, d.stonith_enabled),
+        no_quorum_policy=r.choice(sec, "pacemaker", "no_quorum_policy", NO_QUORUM_POLICIES, d.no_quorum_policy),
+        migration_threshold=r.get(sec, "pacemaker", "migration_threshold", int, d.migration_threshold),
+        monitor_interval=_duration(r, sec, "monitor_interval", d.monitor_interval),
+        monitor_timeout=_duration(r, sec, "monitor_timeout", d.monitor_timeout),
+        failback=r.choice(sec, "pacemaker", "failback", FAILBACK, d.failback),
+        failure_timeout=_duration(r, sec, "failure_timeout", d.failure_timeout),
+        named_user=r.get(sec, "pacemaker", "named_user", str, d.named_user),
+        monitor_request=r.get(sec, "pacemaker", "monitor_request", str, d.monitor_request),
+        token_ms=r.get(sec, "pacemaker", "token_ms", int, d.token_ms),
+    )
+    if pm.migration_threshold < 1:
+        r.problem("pacemaker.migration_threshold", pm.migration_threshold,
+                  "must be 1 or more (the seed uses 1: fail over at the first failure)")
+    if not 500 <= pm.token_ms <= 60000:
+        r.problem("pacemaker.token_ms", pm.token_ms, "must be between 500 and 60000 milliseconds")
+    if pm.stonith_enabled:
+        r.problem("pacemaker.stonith_enabled", True,
+                  "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "
+                  "device; set it to false")
+
+    # dns
+    sec = r.section(data, "dns", "dns", required=False)
+    default_acl = [str(subnet)] if subnet else []
+    acl_raw = r.get(sec, "dns", "allow_recursion", list, default_acl)
+    acl = []
+    for i, value in enumerate(acl_raw):
+        try:
+            net = ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            r.problem(f"dns.allow_recursion[{i}]", value, "must be a network such as 192.168.100.0/24")
+            continue
+        if net.prefixlen == 0:
+            r.problem(f"dns.allow_recursion[{i}]", value,
+                      "would make an open resolver that anyone can abuse; list your own networks")
+            continue
+        acl.append(str(net))
+
+    if r.problems:
+        raise ConfigError(str(source), r.problems)
+    return Cluster(name, base, Network(interface, prefix, gateway, dns), login, secret_path, tuple(nodes),
+                   tuple(vips), pm, Dns(tuple(acl)), source)
+
+
+def _mappings(items) -> list[tuple[int, dict]]:
+    return [(i, x) for i, x in enumerate(items or []) if isinstance(x, dict)]
+
+
+def _unique(r: _Reader, section: str, what: str, keyed: list[tuple[str, Any]]) -> None:
+    seen: dict[str, str] = {}
+    for key, value in keyed:
+        if value is None:
+            continue
+        norm = str(value).lower()
+        if norm in seen:
+            r.problem(key, value, f"duplicate {what}: {seen[norm]} has it already; each must be unique")
+        else:
+            seen[norm] = key
+
+
+def _in_subnet(r: _Reader, key: str, value: Any, subnet: ipaddress.IPv4Network) -> None:
+    try:
+        addr = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return
+    if addr not in subnet:
+        r.problem(key, str(value), f"is outside the nodes' subnet {subnet} (network.prefix); use an address in it")
+    elif addr in (subnet.network_address, subnet.broadcast_address):
+        r.problem(key, str(value), f"is the network or broadcast address of {subnet}; use a host address")
+
+
+def _duration(r: _Reader, sec: dict, key: str, default: str) -> str:
+    value = sec.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value}s"
+    if not isinstance(value, str) or not DURATION_RE.match(value):
+        r.problem(f"pacemaker.{key}", value, "must be a duration such as 10s, 500ms or 2min")
+        return default
+    return value
+
+
+def duration_seconds(value: str) -> float:
+    m = re.match(r"^(\d+)(ms|s|sec|m|min|h|hr)?$", value)
+    assert m, value
+    n, unit = int(m.group(1)), m.group(2) or "s"
+    return n * {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}[unit]

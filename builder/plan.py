@@ -1,0 +1,73 @@
+"""The cluster plan: what firstboot does on a node, as data, in the pcs syntax of the node's release.
+
+Rendered to /etc/pibuild/firstboot.json, so `pibuild render` shows every pcs command before anything is built,
+and the firstboot script on the Pi only executes it.
+"""
+
+from __future__ import annotations
+
+from builder.config import Cluster, duration_seconds
+from builder.releases import RELEASES
+
+PCSD_PORT = 2224
+STATE_DIR = "/var/lib/pibuild"
+CONFIG_PATH = "/etc/pibuild/firstboot.json"
+PASSWORD_PATH = "/etc/pibuild/hacluster-password"
+NAMED2_AGENT = "ocf:pibuild:named2"
+
+
+def cib_commands(cluster: Cluster) -> list[list[str]]:
+    """pcs arguments (after `pcs -f CIBFILE`) that build the whole configuration: the seed's steps 7, 9 and 10."""
+    pcs = RELEASES[cluster.base.release].pcs
+    pm = cluster.pacemaker
+    monitor_timeout = f"{int(max(duration_seconds(pm.monitor_timeout), 1))}s"
+    cmds: list[list[str]] = [
+        ["property", "set", f"stonith-enabled={str(pm.stonith_enabled).lower()}"],
+        ["property", "set", f"no-quorum-policy={pm.no_quorum_policy}"],
+    ]
+    defaults = [f"migration-threshold={pm.migration_threshold}"]
+    if pm.failback == "auto":
+        # The fail count expires, so the location scores pull the group home once BIND there answers again.
+        defaults.append(f"failure-timeout={pm.failure_timeout}")
+    cmds.append([*pcs.resource_defaults, *defaults])
+    for vip in cluster.vips:
+        cmds.append(["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
+                     f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
+                     "op", "monitor", f"interval={pm.monitor_interval}", *pcs.group_keyword, vip.group])
+        cmds.append(["resource", "create", vip.monitor, NAMED2_AGENT, f"monitor_request={pm.monitor_request}",
+                     f"named_user={pm.named_user}", "named=/usr/sbin/named",
+                     "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}",
+                     *pcs.group_keyword, vip.group])
+    for vip in cluster.vips:
+        cmds.append(["constraint", "location", vip.name, "prefers",
+                     *[f"{node}={score}" for node, score in vip.scores()]])
+    return cmds
+
+
+def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
+    """Everything the firstboot script of one node needs, JSON-serialisable."""
+    release = RELEASES[cluster.base.release]
+    node = cluster.node(node_name)
+    initiator = cluster.initiator
+    setup = ["pcs", "cluster", "setup", cluster.name]
+    for n in cluster.nodes:
+        setup += [n.name, f"addr={n.address}"]
+    setup += ["totem", f"token={cluster.pacemaker.token_ms}", "--start", "--enable"]
+    return {
+        "cluster": cluster.name,
+        "node": node.name,
+        "initiator": initiator.name,
+        "is_initiator": node.name == initiator.name,
+        "nodes": [{"name": n.name, "address": n.address} for n in cluster.nodes],
+        "resources": [rid for v in cluster.vips for rid in (v.name, v.monitor)],
+        "pcsd_port": PCSD_PORT,
+        "password_file": PASSWORD_PATH,
+        "state_dir": STATE_DIR,
+        "pcs_version": release.pcs.version,
+        "commands": {
+            "destroy": ["pcs", "cluster", "destroy", *release.pcs.destroy_confirm],
+            "auth": ["pcs", "host", "auth", *[n.name for n in cluster.nodes], "-u", "hacluster"],
+            "setup": setup,
+            "cib": cib_commands(cluster),
+        },
+    }

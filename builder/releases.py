@@ -1,0 +1,128 @@
+"""Everything that differs between Debian/Raspberry Pi OS releases, in one table.
+
+Code asks RELEASES[name].<field>; nothing else in pibuild tests a release name.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class PcsSyntax:
+    """The pcs version a release ships and the argv details that changed between versions."""
+
+    version: str
+    # `pcs cluster destroy` asks for confirmation from 0.11 on: --force there, --yes from 0.12.
+    destroy_confirm: tuple[str, ...]
+    # `pcs resource defaults NAME=VALUE` is deprecated from 0.10.7 and gone in 0.12; `update` works on all three.
+    resource_defaults: tuple[str, ...] = ("resource", "defaults", "update")
+    # `--group G` is deprecated in 0.12; the `group G` keyword works on all three.
+    group_keyword: tuple[str, ...] = ("group",)
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    debian_version: int
+    # Where the FAT boot partition is mounted in the running system.
+    boot_mount: str
+    # How Raspberry Pi OS of this release configures a static address: "dhcpcd" or "networkmanager".
+    network_backend: str
+    # Debian archive components holding raspi-firmware for the debian base.
+    components: tuple[str, ...]
+    # Packages that provide the network backend in a debian base.
+    network_packages: tuple[str, ...]
+    pcs: PcsSyntax
+    # Raspberry Pi OS's own first-boot machinery in this release: "raspberrypi-sys-mods" (init= in cmdline.txt,
+    # which expands the root partition) or "cloud-init" (trixie, which must be kept from rewriting pibuild's files).
+    first_boot_hooks: tuple[str, ...]
+    # How BIND notices a floating address that arrives after it started (9.16 rescans on a timer, in minutes).
+    bind_interface_scan: str
+    # The Raspberry Pi OS Lite download directory names, by arch (raspios base).
+    raspios_dirs: dict[str, str] = field(default_factory=dict)
+
+
+RELEASES: dict[str, Release] = {
+    "bullseye": Release(
+        name="bullseye",
+        debian_version=11,
+        boot_mount="/boot",
+        network_backend="dhcpcd",
+        components=("main", "non-free"),
+        network_packages=("dhcpcd5",),
+        pcs=PcsSyntax(version="0.10.8", destroy_confirm=()),
+        first_boot_hooks=("raspberrypi-sys-mods",),
+        bind_interface_scan="interface-interval 1;",
+        raspios_dirs={"armhf": "raspios_oldstable_lite_armhf", "arm64": "raspios_oldstable_lite_arm64"},
+    ),
+    "bookworm": Release(
+        name="bookworm",
+        debian_version=12,
+        boot_mount="/boot/firmware",
+        network_backend="networkmanager",
+        components=("main", "non-free-firmware"),
+        network_packages=("network-manager",),
+        pcs=PcsSyntax(version="0.11.5", destroy_confirm=("--force",)),
+        first_boot_hooks=("raspberrypi-sys-mods",),
+        bind_interface_scan="automatic-interface-scan yes;",
+        raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+    ),
+    "trixie": Release(
+        name="trixie",
+        debian_version=13,
+        boot_mount="/boot/firmware",
+        network_backend="networkmanager",
+        components=("main", "non-free-firmware"),
+        network_packages=("network-manager",),
+        pcs=PcsSyntax(version="0.12.0.2", destroy_confirm=("--yes",)),
+        first_boot_hooks=("cloud-init",),
+        bind_interface_scan="automatic-interface-scan yes;",
+        raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    # The Debian kernel a debian base installs, and how qemu-system runs it (smoke test, lab).
+    kernel_package: str
+    qemu_system: str
+    qemu_cpu: str
+    qemu_user_binfmt: str
+    # armhf's non-LPAE kernel sees only virtio-mmio devices, never PCI ones.
+    qemu_disk_device: str = "virtio-blk-device"
+    qemu_net_device: str = "virtio-net-device"
+    console: str = "ttyAMA0"
+
+
+ARCHES: dict[str, Arch] = {
+    "armhf": Arch("armhf", "linux-image-armmp", "qemu-system-arm", "cortex-a15", "qemu-arm"),
+    "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "cortex-a53", "qemu-aarch64"),
+}
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    description: str
+    arches: tuple[str, ...]
+    # Debian's armhf needs ARMv7; the ARMv6 boards run only Raspberry Pi OS's armhf.
+    armv6: bool = False
+
+
+MODELS: dict[str, Model] = {m.name: m for m in (
+    Model("pi1b", "Raspberry Pi 1 Model B/B+", ("armhf",), armv6=True),
+    Model("pi1a", "Raspberry Pi 1 Model A/A+", ("armhf",), armv6=True),
+    Model("pizero", "Raspberry Pi Zero / Zero W", ("armhf",), armv6=True),
+    Model("pi2b", "Raspberry Pi 2 Model B v1.1 (Cortex-A7, 32-bit only)", ("armhf",)),
+    Model("pi2b-v1.2", "Raspberry Pi 2 Model B v1.2 (Cortex-A53)", ("armhf", "arm64")),
+    Model("pi3b", "Raspberry Pi 3 Model B", ("armhf", "arm64")),
+    Model("pi3b+", "Raspberry Pi 3 Model B+", ("armhf", "arm64")),
+    Model("pi3a+", "Raspberry Pi 3 Model A+", ("armhf", "arm64")),
+    Model("pizero2w", "Raspberry Pi Zero 2 W", ("armhf", "arm64")),
+    Model("pi4b", "Raspberry Pi 4 Model B", ("armhf", "arm64")),
+    Model("pi400", "Raspberry Pi 400", ("armhf", "arm64")),
+    Model("cm4", "Raspberry Pi Compute Module 4", ("armhf", "arm64")),
+    Model("pi5", "Raspberry Pi 5", ("arm64",)),
+    Model("cm5", "Raspberry Pi Compute Module 5", ("arm64",)),
+)}
