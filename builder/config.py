@@ -29,8 +29,8 @@ USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|sec|m|min|h|hr)?$")
 CRYPT_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy]?)\$[^\s:]+$")
-SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
-                        r" [A-Za-z0-9+/=]+( .*)?$")
+SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+"
+                        r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Accounts the images already have: the login user must not collide with them.
 RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
@@ -234,19 +234,22 @@ def parse_yaml(text: str, source: str) -> dict:
     return data
 
 
-def load(path: Path) -> Cluster:
-    """Read and validate cluster.yaml; raise ConfigError naming every problem."""
+def load(path: Path, base_dir: Path | None = None) -> Cluster:
+    """Read and validate cluster.yaml; raise ConfigError naming every problem.
+
+    Relative paths in it (secrets, base.path) resolve against base_dir, by default the file's own directory.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
-    return from_dict(parse_yaml(text, str(path)), path)
+    return from_dict(parse_yaml(text, str(path)), path, base_dir)
 
 
-def from_dict(data: dict, source: Path) -> Cluster:
+def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster:
     r = _Reader()
     r.unknown_keys(data, "", "")
-    base_dir = source.parent
+    base_dir = source.parent if base_dir is None else base_dir
 
     # cluster
     sec = r.section(data, "cluster", "cluster")
@@ -340,7 +343,7 @@ def from_dict(data: dict, source: Path) -> Cluster:
         n_name = r.get(raw, key, "name", str, required=True, what="the node's hostname")
         if n_name is not None and not HOSTNAME_RE.match(n_name):
             r.problem(f"{key}.name", n_name,
-                      "must be a hostname: lower-case letters, digits and '-', at most 63, not starting or ending with '-'")
+                      "must be a hostname: lower-case letters, digits and '-', at most 63, no '-' at either end")
         elif n_name is not None and n_name.isdigit():
             r.problem(f"{key}.name", n_name, "a hostname cannot be all digits")
         addr = r.get(raw, key, "address", str, required=True)
@@ -355,7 +358,7 @@ def from_dict(data: dict, source: Path) -> Cluster:
                           f"a {m.description} cannot run {arch}; use base.arch: {m.arches[0]} or another board")
             elif m.armv6 and source_kind in ("debian",):
                 r.problem(f"{key}.model", model,
-                          f"a {m.description} is ARMv6, which Debian's armhf does not support; use base.source: raspios")
+                          f"a {m.description} is ARMv6, which Debian's armhf cannot run; use base.source: raspios")
         if n_name and addr:
             nodes.append(Node(n_name, addr, model or "pi3b"))
 

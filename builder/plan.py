@@ -31,13 +31,14 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
         defaults.append(f"failure-timeout={pm.failure_timeout}")
     cmds.append([*pcs.resource_defaults, *defaults])
     for vip in cluster.vips:
-        cmds.append(["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
-                     f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
-                     "op", "monitor", f"interval={pm.monitor_interval}", *pcs.group_keyword, vip.group])
+        # The monitor first: the group brings the floating address up only where BIND answers.
         cmds.append(["resource", "create", vip.monitor, NAMED2_AGENT, f"monitor_request={pm.monitor_request}",
                      f"named_user={pm.named_user}", "named=/usr/sbin/named",
                      "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}",
                      *pcs.group_keyword, vip.group])
+        cmds.append(["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
+                     f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
+                     "op", "monitor", f"interval={pm.monitor_interval}", *pcs.group_keyword, vip.group])
     for vip in cluster.vips:
         cmds.append(["constraint", "location", vip.name, "prefers",
                      *[f"{node}={score}" for node, score in vip.scores()]])

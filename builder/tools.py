@@ -1,6 +1,7 @@
 """Host tools: find them, name the Debian package when one is missing, run them as argv lists."""
 
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 
@@ -61,3 +62,32 @@ def run(argv: Sequence[str], *, input: bytes | str | None = None, capture: bool 
         raise PibuildError(f"{argv[0]} failed (exit {proc.returncode}): {' '.join(map(str, argv))}"
                            + (f"\n{tail}" if tail else ""))
     return proc
+
+
+def run_interruptible(argv: Sequence[str], *, what: str, grace: float = 60.0) -> None:
+    """Run a long child (mmdebstrap) in the foreground; on Ctrl-C let it clean up its own mounts before we do ours.
+
+    The terminal's SIGINT reaches the child too; a SIGTERM to pibuild alone is passed on to it.
+    """
+    if "/" not in str(argv[0]):
+        require(str(argv[0]))
+    proc = subprocess.Popen(list(argv))
+    try:
+        rc = proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if rc != 0:
+        raise PibuildError(f"{what} failed (exit {rc}); its messages are above")
+
+
+def terminate_as_interrupt() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so every cleanup (finally, ExitStack) runs as for Ctrl-C."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)

@@ -1,4 +1,4 @@
-"""ocf:pibuild:named2, the monitor-only BIND agent (overlays/usr/lib/ocf/resource.d/pibuild/named2).
+"""ocf:pibuild:named2, the monitor-only BIND agent (overlays/common/usr/lib/ocf/resource.d/pibuild/named2).
 
 The netns tests start a real BIND inside a network namespace of their own (its own loopback, so nothing on the host
 is disturbed or in the way) and run the agent there as Pacemaker would: OCF_ROOT, OCF_RESKEY_* and HA_RSCTMP in a
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-AGENT = Path(__file__).resolve().parents[1] / "overlays/usr/lib/ocf/resource.d/pibuild/named2"
+AGENT = Path(__file__).resolve().parents[1] / "overlays/common/usr/lib/ocf/resource.d/pibuild/named2"
 OCF_ROOT = Path("/usr/lib/ocf")
 DTD_DIR = Path("/usr/share/resource-agents")  # ra-api-1.dtd; ocf-tester validates meta-data from here too
 PATH = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/local/sbin:/usr/sbin:/sbin"

@@ -1,0 +1,298 @@
+"""Disk images: the cluster-wide image (base + stages, cached) and each node's copy of it.
+
+Layout as Raspberry Pi OS Lite: MBR, FAT32 `bootfs` at 4 MiB, ext4 `rootfs` after it, PARTUUIDs from the disk
+identifier. The boot partition is written with mtools (these machines have no vfat module), the root partition
+with `mke2fs -d` or through an offset loop device (no partition scanning either).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from builder import __version__, base, cache, chroot, mounts, render, resources, secrets, stages, tools
+from builder.config import Cluster
+from builder.errors import NeedsRoot, PibuildError
+from builder.releases import RELEASES
+
+SECTOR = 512
+MIB = 1 << 20
+BOOT_START = 4 * MIB
+BOOT_SIZE = 512 * MIB
+# Free space left in the root file system of the cached image (it grows to the card on first boot anyway).
+ROOT_HEADROOM = 384 * MIB
+# Raspberry Pi OS images grow by this much before a raspios/file base gets the cluster packages.
+RASPIOS_GROWTH = 1024 * MIB
+HOST_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "e2fsck", "resize2fs", "losetup", "bmaptool")
+
+
+@dataclass(frozen=True)
+class Layout:
+    disk_id: str
+    boot_offset: int
+    boot_size: int
+    root_offset: int
+    root_size: int
+
+
+def read_layout(image: Path) -> Layout:
+    """The partition table of an image, as sfdisk reads it."""
+    table = json.loads(tools.run(["sfdisk", "--json", str(image)], capture=True).stdout)["partitiontable"]
+    parts = table.get("partitions", [])
+    if table.get("label") != "dos" or len(parts) < 2:
+        raise PibuildError(f"{image}: not a Raspberry Pi OS style image (an MBR with a boot and a root partition)")
+    sector = table.get("sectorsize", SECTOR)
+    return Layout(table["id"].removeprefix("0x").lower(), parts[0]["start"] * sector, parts[0]["size"] * sector,
+                  parts[1]["start"] * sector, parts[1]["size"] * sector)
+
+
+def phase(what: str):
+    """Announce a phase and its duration."""
+    @contextlib.contextmanager
+    def _phase() -> Iterator[None]:
+        click.echo(f"==> {what}", err=True)
+        started = time.monotonic()
+        yield
+        click.echo(f"    {what}: done in {time.monotonic() - started:.1f}s", err=True)
+    return _phase()
+
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        raise NeedsRoot("building an image")
+    tools.require(*HOST_TOOLS)
+
+
+# ---- the cluster-wide image ----------------------------------------------------------------------------------
+
+def cluster_key(cluster: Cluster) -> str:
+    """Everything that changes the cluster-wide image: nothing per node, nothing secret."""
+    b = cluster.base
+    base_file = None
+    if b.source == "file" and b.path is not None:
+        st = b.path.stat()
+        base_file = (str(b.path), st.st_size, st.st_mtime_ns)
+    data = [cache.tree_digest(resources.stages_dir())]
+    if b.source == "debian":
+        data.append(cache.tree_digest(base.debian_dir()))
+    return cache.digest(__version__, b.source, b.release, b.arch, b.mirror, b.url, b.sha256, base_file,
+                        repr(RELEASES[b.release]), cluster.login, data)
+
+
+def disk_id_for(key: str) -> str:
+    """A stable disk identifier per cluster image (so its PARTUUIDs are too)."""
+    return key[:8]
+
+
+def cluster_image(cluster: Cluster) -> Path:
+    """The cached cluster-wide image directory (image.img, manifest), built when missing."""
+    key = cluster_key(cluster)
+    entry = cache.lookup("cluster", key)
+    if entry is not None:
+        click.echo(f"==> cluster image: cached ({key[:12]})", err=True)
+        return entry
+    check_host()
+    with cache.locked("cluster", key):
+        entry = cache.lookup("cluster", key)
+        if entry is not None:
+            return entry
+        b = cluster.base
+        info = {"source": b.source, "release": b.release, "arch": b.arch, "pibuild": __version__}
+        with cache.new_entry("cluster", key, info) as tmp:
+            if b.source == "debian":
+                _build_debian(cluster, tmp, disk_id_for(key))
+            else:
+                _build_from_image(cluster, tmp)
+        return cache.lookup("cluster", key)
+
+
+def _build_debian(cluster: Cluster, tmp: Path, disk_id: str) -> None:
+    rootfs = tmp / "rootfs"
+    with phase(f"debian base: mmdebstrap {cluster.base.release} {cluster.base.arch} (the long part)"):
+        base.mmdebstrap(cluster, rootfs, log=lambda s: click.echo(s, err=True))
+    with phase("stages"):
+        base.lay_debian_files(rootfs, disk_id)
+        with chroot.chroot(rootfs, cluster.base.arch) as ch:
+            stages.run_stages(ch, cluster, packages_installed=True, log=lambda s: click.echo(s, err=True))
+            base.finish_debian(ch)
+    write_manifest(rootfs, tmp / "manifest")
+    with phase("disk image"):
+        make_image(rootfs, tmp / "image.img", disk_id, boot_dir=rootfs / base.DEBIAN_BOOT_MOUNT.lstrip("/"))
+    mounts.remove_tree(rootfs)
+
+
+def _build_from_image(cluster: Cluster, tmp: Path) -> None:
+    image = tmp / "image.img"
+    with phase(f"base image ({cluster.base.source})"):
+        if cluster.base.source == "raspios":
+            from builder import download
+            base.decompress(download.fetch_raspios(cluster.base, cache.cache_root()), image)
+        else:
+            base.decompress(cluster.base.path, image)
+    with phase("grow the root partition for the cluster packages"):
+        grow_root(image, RASPIOS_GROWTH)
+    layout = read_layout(image)
+    with phase("stages"), mounts.partition_mounted(image, layout.root_offset, layout.root_size,
+                                                    tmp / "mnt") as root:
+        with chroot.chroot(root, cluster.base.arch) as ch:
+            stages.run_stages(ch, cluster, packages_installed=False, log=lambda s: click.echo(s, err=True))
+        write_manifest(root, tmp / "manifest")
+
+
+def grow_root(image: Path, extra: int) -> None:
+    """Make room: extend the file, the last partition and its ext4."""
+    layout = read_layout(image)
+    new_size = layout.root_offset + layout.root_size + extra
+    os.truncate(image, new_size)
+    tools.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-N", "2", str(image)], input=", +\n", capture=True)
+    layout = read_layout(image)
+    with mounts.loop_device(image, layout.root_offset, layout.root_size) as dev:
+        tools.run(["e2fsck", "-f", "-y", dev], capture=True, check=False)
+        tools.run(["resize2fs", dev], capture=True)
+
+
+def make_image(rootfs: Path, image: Path, disk_id: str, boot_dir: Path) -> None:
+    """An MBR image with boot_dir's files in a FAT32 `bootfs` and the rest of rootfs in an ext4 `rootfs`."""
+    used = int(tools.run(["du", "-s", "-B1", "--one-file-system", str(rootfs)], capture=True).stdout.split()[0])
+    root_size = -(-int(used * 1.15 + ROOT_HEADROOM) // (4 * MIB)) * (4 * MIB)
+    root_offset = BOOT_START + BOOT_SIZE
+    with open(image, "wb") as f:
+        f.truncate(root_offset + root_size)
+    table = (f"label: dos\nlabel-id: 0x{disk_id}\nunit: sectors\n"
+             f"start={BOOT_START // SECTOR}, size={BOOT_SIZE // SECTOR}, type=c\n"
+             f"start={root_offset // SECTOR}, size={root_size // SECTOR}, type=83\n")
+    tools.run(["sfdisk", "--no-reread", "--no-tell-kernel", str(image)], input=table, capture=True)
+    # FAT32 `bootfs` in place, then the firmware, kernel and initrd into it.
+    tools.run(["mkfs.vfat", "-F", "32", "-n", "bootfs", "--offset", str(BOOT_START // SECTOR),
+               "-i", disk_id, str(image), str(BOOT_SIZE // 1024)], capture=True)
+    boot_files = sorted(boot_dir.iterdir())
+    if boot_files:
+        tools.run(["mcopy", "-s", "-o", "-i", f"{image}@@{BOOT_START}", *map(str, boot_files), "::/"],
+                  capture=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    # ext4 `rootfs` from the directory, without the boot partition's files under its mount point.
+    with tempfile.TemporaryDirectory(dir=image.parent) as aside:
+        moved = Path(aside) / "boot"
+        os.rename(boot_dir, moved)
+        boot_dir.mkdir(mode=0o755)
+        try:
+            features = RELEASE_EXT4_FEATURES_DEFAULT
+            tools.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "rootfs", "-O", features,
+                       "-E", f"offset={root_offset},root_owner=0:0", "-d", str(rootfs),
+                       str(image), f"{root_size // 1024}k"], capture=True)
+        finally:
+            boot_dir.rmdir()
+            os.rename(moved, boot_dir)
+
+
+# Bullseye's e2fsck and kernel cannot read orphan_file, which newer mke2fs turns on by default.
+RELEASE_EXT4_FEATURES_DEFAULT = "^orphan_file,^metadata_csum_seed"
+
+
+def write_manifest(root: Path, dest: Path) -> None:
+    """Installed packages, one `name version` a line, from the image's dpkg status."""
+    lines, pkg, version, installed = [], None, None, False
+    for line in (root / "var/lib/dpkg/status").read_text(errors="replace").splitlines() + [""]:
+        if line.startswith("Package: "):
+            pkg = line.split(": ", 1)[1]
+        elif line.startswith("Version: "):
+            version = line.split(": ", 1)[1]
+        elif line.startswith("Status: "):
+            installed = line.endswith(" installed")
+        elif line == "":
+            if pkg and version and installed:
+                lines.append(f"{pkg} {version}")
+            pkg, version, installed = None, None, False
+    dest.write_text("\n".join(sorted(lines)) + "\n")
+
+
+# ---- nodes ---------------------------------------------------------------------------------------------------
+
+def output_name(cluster: Cluster, node: str) -> str:
+    return f"{cluster.name}-{node}"
+
+
+def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
+    """Every requested node from one cluster-wide image: byte-identical packages by construction."""
+    password = secrets.hacluster_password(cluster.hacluster_password_file)
+    plans = {n: render.render_node(cluster, n, password) for n in nodes}
+    outdir.mkdir(parents=True, exist_ok=True)
+    key = cluster_key(cluster)
+    built = []
+    entry = None
+    for n in nodes:
+        name = output_name(cluster, n)
+        node_key = cache.digest(key, [(e.path, e.mode, e.symlink, hashlib.sha256(e.data or b"").hexdigest())
+                                      for e in plans[n]])
+        stamp = outdir / f".{name}.stamp"
+        final = outdir / f"{name}.img"
+        if final.exists() and stamp.exists() and stamp.read_text().strip() == node_key and all(
+                (outdir / f"{name}{s}").exists() for s in (".img.sha256", ".img.bmap", ".manifest")):
+            click.echo(f"==> {final}: up to date", err=True)
+            built.append(final)
+            continue
+        if entry is None:
+            entry = cluster_image(cluster)
+        check_host()
+        with phase(f"node {n}"):
+            build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name)
+        stamp.write_text(node_key + "\n")
+        click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
+        built.append(final)
+    return built
+
+
+def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, outdir: Path, name: str) -> None:
+    """Copy the cluster image, lay the node's files into it, then write the outputs under temporary names."""
+    final = {s: outdir / f"{name}{s}" for s in (".img", ".img.sha256", ".img.bmap", ".manifest")}
+    tmp = {s: outdir / f".{name}{s}.partial-{os.getpid()}" for s in final}
+    try:
+        tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
+        layout = read_layout(tmp[".img"])
+        with tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
+                mounts.partition_mounted(tmp[".img"], layout.root_offset, layout.root_size, Path(mnt)) as root:
+            render.write_tree(entries, root)
+            set_password_hash(root, "hacluster", hacluster_hash)
+        tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
+        tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
+        shutil.copyfile(entry / "manifest", tmp[".manifest"])
+        for suffix in (".img.sha256", ".img.bmap", ".manifest", ".img"):  # the image last: it marks completion
+            os.replace(tmp[suffix], final[suffix])
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+
+
+def set_password_hash(root: Path, user: str, crypt_hash: str) -> None:
+    """Replace a user's password field in the image's /etc/shadow (0640 root:shadow is kept)."""
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines()
+    for i, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == user:
+            fields[1] = crypt_hash
+            lines[i] = ":".join(fields)
+            break
+    else:
+        raise PibuildError(f"the image has no '{user}' account: are the cluster packages installed?")
+    st = shadow.stat()
+    shadow.write_text("\n".join(lines) + "\n")
+    os.chown(shadow, st.st_uid, st.st_gid)
+    os.chmod(shadow, st.st_mode & 0o7777)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            h.update(chunk)
+    return h.hexdigest()
