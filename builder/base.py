@@ -28,7 +28,7 @@ DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", 
 
 
 def debian_dir() -> Path:
-    return resources.data_dir("base") / "debian"
+    return resources.data_dir("bases") / "debian"
 
 
 def debian_packages(cluster: Cluster) -> list[str]:
