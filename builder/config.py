@@ -32,6 +32,8 @@ CRYPT_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy]?)\$[^\s:]+$")
 SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+"
                         r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# A name to query: labels of letters, digits, '-' and '_', dot-separated, an optional final dot.
+DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
 # Accounts the images already have: the login user must not collide with them.
 RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
                   "www-data", "backup", "list", "irc", "nobody", "systemd-network", "systemd-resolve", "messagebus",
@@ -405,8 +407,12 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         if addr and addr == gateway:
             r.problem(f"{key}.address", addr, "is the gateway's address; a floating address must be unused")
         prefer = r.get(raw, key, "prefer", list, [], required=True, what="the nodes to run on, most preferred first")
+        if isinstance(raw.get("prefer"), list) and not prefer:
+            r.problem(f"{key}.prefer", prefer, "list at least one node, most preferred first")
         for j, p in enumerate(prefer):
-            if p not in node_names and nodes:
+            if not isinstance(p, str):
+                r.problem(f"{key}.prefer[{j}]", p, "must be a node's name")
+            elif p not in node_names and nodes:
                 r.problem(f"{key}.prefer[{j}]", p, f"unknown node; nodes are: {', '.join(sorted(node_names))}")
         if len(set(map(str, prefer))) != len(prefer):
             r.problem(f"{key}.prefer", prefer, "lists a node twice")
@@ -432,6 +438,11 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         monitor_request=r.get(sec, "pacemaker", "monitor_request", str, d.monitor_request),
         token_ms=r.get(sec, "pacemaker", "token_ms", int, d.token_ms),
     )
+    if not USER_RE.match(pm.named_user):
+        r.problem("pacemaker.named_user", pm.named_user, "must be the user BIND runs as (Debian's is 'bind')")
+    if not DNS_NAME_RE.match(pm.monitor_request):
+        r.problem("pacemaker.monitor_request", pm.monitor_request,
+                  "must be a DNS name BIND answers, e.g. localhost (the seed's)")
     if pm.migration_threshold < 1:
         r.problem("pacemaker.migration_threshold", pm.migration_threshold,
                   "must be 1 or more (the seed uses 1: fail over at the first failure)")
@@ -493,11 +504,12 @@ def _in_subnet(r: _Reader, key: str, value: Any, subnet: ipaddress.IPv4Network) 
 
 
 def _duration(r: _Reader, sec: dict, key: str, default: str) -> str:
-    value = sec.get(key, default)
+    raw = value = sec.get(key, default)
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"{value}s"
     if not isinstance(value, str) or not DURATION_RE.match(value):
-        r.problem(f"pacemaker.{key}", value, "must be a duration such as 10s, 500ms or 2min")
+        # Name the value as written (0, not the '0s' it was read as).
+        r.problem(f"pacemaker.{key}", raw, "must be a duration such as 10s, 500ms or 2min")
         return default
     return value
 
