@@ -228,6 +228,11 @@ def parse_yaml(text: str, source: str) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        # An unclosed quote or bracket is found only where the file ends or the next key begins: also name the
+        # line where the construct started, which is where the mistake is.
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and start and (not mark or start.line != mark.line):
+            problem += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
         raise ConfigError(source, [f"YAML syntax error at{where}: {problem}"]) from None
     if data is None:
         raise ConfigError(source, ["the file is empty: start from examples/cluster.yaml"])
