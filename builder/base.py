@@ -8,15 +8,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import lzma
+import re
 import shutil
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jinja2
 
 from builder import chroot, resources, stages, tools
-from builder.config import Cluster
+from builder.config import DEFAULT_MIRROR, Cluster
 from builder.errors import PibuildError
 from builder.releases import ARCHES, RELEASES
 
@@ -42,10 +44,12 @@ def debian_packages(cluster: Cluster) -> list[str]:
 def mirror_lines(cluster: Cluster) -> list[str]:
     base = cluster.base
     components = " ".join(RELEASES[base.release].components)
-    lines = [f"deb {base.mirror} {base.release} {components}",
-             f"deb {base.mirror} {base.release}-updates {components}"]
-    if base.mirror == "http://deb.debian.org/debian":
-        lines.append(f"deb {DEFAULT_SECURITY_MIRROR} {base.release}-security {components}")
+    lines = [f"deb {base.mirror} {base.release} {components}"]
+    if base.updates:
+        lines.append(f"deb {base.mirror} {base.release}-updates {components}")
+        # The security archive lives apart from the mirror; a local mirror is trusted to carry it itself.
+        if base.mirror == DEFAULT_MIRROR:
+            lines.append(f"deb {DEFAULT_SECURITY_MIRROR} {base.release}-security {components}")
     return lines
 
 
@@ -82,8 +86,27 @@ def lay_debian_files(root: Path, disk_id: str) -> None:
         target.chmod(source.stat().st_mode & 0o777)
 
 
+def initramfs_modules(root: Path) -> list[str]:
+    """Module names matching bases/debian/initramfs-modules, for every kernel in the root file system."""
+    patterns = [line.strip() for line in (debian_dir() / "initramfs-modules").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    names = set()
+    for kernel_dir in (root / "usr/lib/modules").glob("*/kernel"):
+        for ko in kernel_dir.rglob("*.ko*"):
+            rel = PurePosixPath(ko.relative_to(kernel_dir).as_posix())
+            if any(rel.match(p) or fnmatch.fnmatch(str(rel), p.replace("**", "*")) for p in patterns):
+                names.add(re.sub(r"\.ko(\..*)?$", "", ko.name))
+    return sorted(names)
+
+
 def finish_debian(ch: chroot.Chroot) -> None:
     """Undo the initramfs deferral, generate it once; raspi-firmware's hook then writes the boot partition."""
+    conf = ch.root / "etc/initramfs-tools"
+    (conf / "conf.d").mkdir(parents=True, exist_ok=True)
+    (conf / "conf.d/pibuild").write_text("# pibuild: only the modules listed in ../modules (see bases/debian/)\n"
+                                         "MODULES=list\n")
+    (conf / "modules").write_text("# Written by pibuild from bases/debian/initramfs-modules\n"
+                                  + "\n".join(initramfs_modules(ch.root)) + "\n")
     ch.run(["rm", "-f", "/usr/sbin/update-initramfs"])
     ch.run(["dpkg-divert", "--quiet", "--local", "--rename", "--remove", "/usr/sbin/update-initramfs"])
     ch.run(["systemctl", "enable", "pibuild-expand-rootfs.service"])

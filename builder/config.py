@@ -49,6 +49,8 @@ class Base:
     sha256: str | None = None
     path: Path | None = None
     mirror: str = DEFAULT_MIRROR
+    # debian base: also the -updates and -security suites.
+    updates: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ class Cluster:
 KNOWN_KEYS = {
     "": ("cluster", "base", "network", "login", "secrets", "nodes", "vips", "pacemaker", "dns"),
     "cluster": ("name",),
-    "base": ("source", "release", "arch", "url", "sha256", "path", "mirror"),
+    "base": ("source", "release", "arch", "url", "sha256", "path", "mirror", "updates"),
     "network": ("interface", "prefix", "gateway", "dns"),
     "login": ("user", "ssh_authorized_keys", "password_hash"),
     "secrets": ("hacluster_password_file",),
@@ -294,8 +296,9 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     for key, value in (("url", url), ("sha256", sha256)):
         if value is not None and source_kind not in (None, "raspios"):
             r.problem(f"base.{key}", value, "only used with base.source: raspios")
+    updates = r.get(sec, "base", "updates", bool, True)
     base = Base(source_kind or "debian", release or "bookworm", arch or "armhf", url, sha256 and sha256.lower(),
-                resolved_path, mirror)
+                resolved_path, mirror, updates)
 
     # network
     sec = r.section(data, "network", "network")
