@@ -85,8 +85,8 @@ def cluster_key(cluster: Cluster) -> str:
     data = [cache.tree_digest(resources.stages_dir())]
     if b.source == "debian":
         data.append(cache.tree_digest(base.debian_dir()))
-    return cache.digest(__version__, b.source, b.release, b.arch, b.mirror, b.url, b.sha256, base_file,
-                        repr(RELEASES[b.release]), cluster.login, data)
+    # Whole dataclasses, so a field added later is part of the key without anyone remembering to add it.
+    return cache.digest(__version__, b, base_file, RELEASES[b.release], cluster.login, data)
 
 
 def disk_id_for(key: str) -> str:
