@@ -56,15 +56,20 @@ def read_layout(image: Path) -> Layout:
                   parts[1]["start"] * sector, parts[1]["size"] * sector)
 
 
-def phase(what: str):
+# Tests set this to a phase name to make that phase fail at its end, proving that a failure anywhere cleans up.
+INJECT_FAILURE_ENV = "PIBUILD_TEST_FAIL_IN_PHASE"
+
+
+@contextlib.contextmanager
+def phase(what: str) -> Iterator[None]:
     """Announce a phase and its duration."""
-    @contextlib.contextmanager
-    def _phase() -> Iterator[None]:
-        click.echo(f"==> {what}", err=True)
-        started = time.monotonic()
-        yield
-        click.echo(f"    {what}: done in {time.monotonic() - started:.1f}s", err=True)
-    return _phase()
+    click.echo(f"==> {what}", err=True)
+    started = time.monotonic()
+    yield
+    inject = os.environ.get(INJECT_FAILURE_ENV)
+    if inject and inject in what:
+        raise PibuildError(f"{what}: failure injected by {INJECT_FAILURE_ENV} (a test)")
+    click.echo(f"    {what}: done in {time.monotonic() - started:.1f}s", err=True)
 
 
 def check_host() -> None:
@@ -243,8 +248,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         if entry is None:
             entry = cluster_image(cluster)
         check_host()
-        with phase(f"node {n}"):
-            build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name)
+        build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name)
         stamp.write_text(node_key + "\n")
         click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
         built.append(final)
@@ -256,15 +260,17 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
     final = {s: outdir / f"{name}{s}" for s in (".img", ".img.sha256", ".img.bmap", ".manifest")}
     tmp = {s: outdir / f".{name}{s}.partial-{os.getpid()}" for s in final}
     try:
-        tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
+        with phase(f"{name}: copy the cluster image"):
+            tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
         layout = read_layout(tmp[".img"])
-        with tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
+        with phase(f"{name}: node files"), tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
                 mounts.partition_mounted(tmp[".img"], layout.root_offset, layout.root_size, Path(mnt)) as root:
             render.write_tree(entries, root)
             set_password_hash(root, "hacluster", hacluster_hash)
-        tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
-        tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
-        shutil.copyfile(entry / "manifest", tmp[".manifest"])
+        with phase(f"{name}: block map and checksum"):
+            tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
+            tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
+            shutil.copyfile(entry / "manifest", tmp[".manifest"])
         for suffix in (".img.sha256", ".img.bmap", ".manifest", ".img"):  # the image last: it marks completion
             os.replace(tmp[suffix], final[suffix])
     finally:

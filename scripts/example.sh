@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Fresh Debian machine -> the bundled example's dns-pm01 image in ./out (the README's first command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/pibuild validate
+exec .venv/bin/pibuild node dns-pm01 -o out "$@"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Fresh Debian machine -> every test tier: unit, image (mmdebstrap), qemu (smoke boot), lab (cluster failover).
+# The README's second command; .ci/run calls it. Extra arguments go to pytest (e.g. -m "not lab").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+.venv/bin/ruff check .
+# pytest exits 5 when it collected no test: that fails this script too.
+exec .venv/bin/python -m pytest -v --durations=15 "$@"

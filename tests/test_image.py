@@ -1,0 +1,273 @@
+"""Image tier: build both nodes of a bookworm arm64 debian-base cluster for real, then open the images.
+
+The partition table through sfdisk, the FAT partition through mtools and the ext4 partition through an offset
+loop device (these machines have no vfat module and no loop partition scanning).
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from conftest import REPO, loop_devices, mounts, run_pibuild
+
+from builder import cache, config
+from builder import image as image_mod
+
+pytestmark = [pytest.mark.image, pytest.mark.usefixtures("needs_image_tools")]
+
+NODES = ("dns-pm01", "dns-pm02")
+CLUSTER_PACKAGES = ("pacemaker", "pacemaker-cli-utils", "pcs", "resource-agents", "corosync", "bind9",
+                    "bind9-dnsutils", "raspi-firmware", "linux-image-arm64", "network-manager", "openssh-server",
+                    "sudo")
+
+
+@pytest.fixture(scope="session")
+def build(tmp_path_factory):
+    """Both nodes of tests/configs/arm64.yaml, built once per session (the cluster image is cached)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    work = tmp_path_factory.mktemp("arm64")
+    shutil.copy(REPO / "tests/configs/arm64.yaml", work / "cluster.yaml")
+    loops_before, mounts_before = loop_devices(), mounts()
+    started = time.monotonic()
+    proc = run_pibuild("all", "-o", "out", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"dir": work, "out": work / "out", "stderr": proc.stderr, "seconds": time.monotonic() - started,
+            "loops_before": loops_before, "mounts_before": mounts_before}
+
+
+def image(build, node: str) -> Path:
+    return build["out"] / f"clst-64-{node}.img"
+
+
+def layout(img: Path) -> dict:
+    return json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True, text=True,
+                                     check=True).stdout)["partitiontable"]
+
+
+@contextlib.contextmanager
+def rootfs(img: Path):
+    """The image's ext4, mounted read-only through an offset loop device."""
+    part = layout(img)["partitions"][1]
+    offset, size = part["start"] * 512, part["size"] * 512
+    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", "--offset", str(offset), "--sizelimit",
+                          str(size), str(img)], capture_output=True, text=True, check=True).stdout.strip()
+    mnt = Path(tempfile.mkdtemp(prefix="pibuild-test-"))
+    try:
+        subprocess.run(["mount", "-o", "ro", dev, str(mnt)], check=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+        mnt.rmdir()
+
+
+def fat_read(img: Path, name: str) -> bytes:
+    offset = layout(img)["partitions"][0]["start"] * 512
+    return subprocess.run(["mtype", "-i", f"{img}@@{offset}", f"::{name}"], capture_output=True, check=True,
+                          env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+
+
+def fat_list(img: Path) -> list[str]:
+    offset = layout(img)["partitions"][0]["start"] * 512
+    out = subprocess.run(["mdir", "-b", "-i", f"{img}@@{offset}", "::/"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}).stdout
+    return [line.strip().removeprefix("::/") for line in out.splitlines() if line.strip()]
+
+
+def test_outputs_are_complete_and_verified(build):
+    for node in NODES:
+        img = image(build, node)
+        assert img.is_file()
+        sums = subprocess.run(["sha256sum", "-c", img.name + ".sha256"], cwd=build["out"], capture_output=True,
+                              text=True)
+        assert sums.returncode == 0, sums.stdout + sums.stderr
+        bmap = ET.parse(str(img) + ".bmap").getroot()
+        mapped = int(bmap.findtext("MappedBlocksCount"))
+        total = int(bmap.findtext("BlocksCount"))
+        assert 0 < mapped < total, "a sparse image maps fewer blocks than it has"
+    assert not list(build["out"].glob("*.partial-*")), "no temporary output left"
+
+
+def test_manifests_list_the_cluster_packages_identically_on_every_node(build):
+    manifests = [(build["out"] / f"clst-64-{n}.manifest").read_text() for n in NODES]
+    assert manifests[0] == manifests[1], "every node carries byte-identical package sets"
+    names = dict(line.split(" ", 1) for line in manifests[0].splitlines())
+    for pkg in CLUSTER_PACKAGES:
+        assert pkg in names, f"{pkg} missing from the manifest"
+
+
+def test_partition_table_is_raspberry_pi_os_like(build):
+    for node in NODES:
+        table = layout(image(build, node))
+        assert table["label"] == "dos"
+        boot, root = table["partitions"]
+        assert boot["type"] == "c" and boot["start"] == 8192
+        assert root["type"] == "83" and root["start"] == boot["start"] + boot["size"]
+    ids = {layout(image(build, n))["id"] for n in NODES}
+    assert len(ids) == 1, "nodes are copies of one cluster image"
+
+
+def test_boot_partition_holds_firmware_kernel_and_a_matching_cmdline(build):
+    img = image(build, "dns-pm01")
+    disk_id = layout(img)["id"].removeprefix("0x")
+    names = fat_list(img)
+    for wanted in ("bootcode.bin", "start.elf", "config.txt", "cmdline.txt"):
+        assert wanted in names
+    assert any(n.startswith("vmlinuz-") and n.endswith("-arm64") for n in names), names
+    assert any(n.startswith("initrd.img-") for n in names), names
+    assert any(n.startswith("bcm2837-rpi-3-b") for n in names), "the Pi 3B device tree"
+    cmdline = fat_read(img, "cmdline.txt").decode()
+    assert f"root=PARTUUID={disk_id}-02" in cmdline
+    config_txt = fat_read(img, "config.txt").decode()
+    assert "kernel=vmlinuz-" in config_txt and "initramfs initrd.img-" in config_txt
+
+
+def test_root_filesystem_holds_the_node_files(build):
+    for i, node in enumerate(NODES):
+        img = image(build, node)
+        disk_id = layout(img)["id"].removeprefix("0x")
+        with rootfs(img) as root:
+            assert (root / "etc/hostname").read_text() == f"{node}\n"
+            hosts = (root / "etc/hosts").read_text()
+            assert f"127.0.1.1\t{node}" in hosts
+            assert "# Pacemaker Settings\n192.168.100.1\tdns-pm01\n192.168.100.2\tdns-pm02\n" in hosts
+            keyfile = root / "etc/NetworkManager/system-connections/pibuild-static.nmconnection"
+            assert (keyfile.stat().st_mode & 0o777, keyfile.stat().st_uid) == (0o600, 0)
+            nm = configparser.ConfigParser()
+            nm.read_string(keyfile.read_text())
+            assert nm["ipv4"]["method"] == "manual"
+            assert nm["ipv4"]["address1"] == f"192.168.100.{i + 1}/24,192.168.100.254"
+            agent = root / "usr/lib/ocf/resource.d/pibuild/named2"
+            assert agent.stat().st_mode & 0o777 == 0o755
+            fstab = (root / "etc/fstab").read_text()
+            assert f"PARTUUID={disk_id}-01" in fstab and f"PARTUUID={disk_id}-02" in fstab
+            plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())
+            assert plan["node"] == node and plan["cluster"] == "clst-64"
+            assert any(Path(root, "boot").glob("initrd.img-*")), "the initramfs was generated"
+
+
+def test_services_firstboot_enabled_default_cluster_kept_off(build):
+    with rootfs(image(build, "dns-pm02")) as root:
+        wants = root / "etc/systemd/system/multi-user.target.wants"
+        assert os.readlink(wants / "pibuild-firstboot.service") == "/etc/systemd/system/pibuild-firstboot.service"
+        assert (root / "etc/systemd/system/pibuild-firstboot.service").is_file()
+        assert (root / "usr/lib/pibuild/pibuild-firstboot").stat().st_mode & 0o111
+        for unit in ("pcsd.service", "named.service", "ssh.service"):
+            assert (wants / unit).exists(), f"{unit} enabled"
+        for unit in ("corosync.service", "pacemaker.service"):
+            assert not (wants / unit).exists(), f"{unit} must wait for firstboot"
+        assert (root / "etc/systemd/system/sysinit.target.wants/pibuild-expand-rootfs.service").exists()
+        assert not (root / "usr/sbin/policy-rc.d").exists(), "the build chroot's policy must not ship"
+        assert (root / "usr/sbin/update-initramfs").exists() and not (
+            root / "usr/sbin/update-initramfs.distrib").exists(), "the initramfs deferral is undone"
+
+
+def test_hacluster_password_and_login_user(build):
+    password = (build["dir"] / "secrets/hacluster").read_text().strip()
+    assert (build["dir"] / "secrets/hacluster").stat().st_mode & 0o777 == 0o600
+    for node in NODES:
+        with rootfs(image(build, node)) as root:
+            shadow = {line.split(":")[0]: line.split(":")[1] for line in (root / "etc/shadow").read_text().splitlines()}
+            stored = shadow["hacluster"]
+            assert stored.startswith("$6$")
+            salt = stored.split("$")[2]
+            again = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, "-stdin"], input=password + "\n",
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            assert again == stored, "the hash in the image is the secret's"
+            assert shadow["admin"].startswith("$6$pibuildsalt$")
+            keys = (root / "home/admin/.ssh/authorized_keys").read_text()
+            assert "test@pibuild" in keys
+            assert "sudo" in next(line for line in (root / "etc/group").read_text().splitlines()
+                                  if line.startswith("sudo:"))
+            secret = root / "etc/pibuild/hacluster-password"
+            if node == "dns-pm01":
+                assert secret.read_text().strip() == password and secret.stat().st_mode & 0o777 == 0o600
+            else:
+                assert not secret.exists(), "only the initiator needs the plaintext"
+
+
+def test_machine_id_is_the_bases(build):
+    ids = []
+    for node in NODES:
+        with rootfs(image(build, node)) as root:
+            ids.append((root / "etc/machine-id").read_bytes())
+    assert ids[0] == ids[1]
+    assert ids[0].strip() in (b"", b"uninitialized"), "left for systemd to create on first boot"
+
+
+def test_nothing_left_behind_by_the_build(build):
+    assert loop_devices() <= build["loops_before"]
+    assert mounts() <= build["mounts_before"]
+
+
+def test_rebuild_with_nothing_changed_is_a_no_op(build):
+    before = {p.name: p.stat().st_mtime_ns for p in build["out"].iterdir()}
+    proc = run_pibuild("all", "-o", "out", cwd=build["dir"], check=True)
+    assert proc.stderr.count("up to date") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in build["out"].iterdir()} == before
+
+
+def test_another_node_comes_from_the_warm_cache(build):
+    proc = run_pibuild("node", "dns-pm02", "-o", "other", cwd=build["dir"], check=True)
+    assert "cluster image: cached" in proc.stderr
+    assert "mmdebstrap" not in proc.stderr
+    other = build["dir"] / "other/clst-64-dns-pm02.manifest"
+    assert other.read_text() == (build["out"] / "clst-64-dns-pm02.manifest").read_text()
+
+
+@pytest.mark.parametrize("phase", ["copy the cluster image", "node files", "block map and checksum"])
+def test_a_failure_in_a_node_phase_leaves_nothing(build, phase):
+    loops, mnts = loop_devices(), mounts()
+    out = build["dir"] / f"fail-{phase.split()[0]}"
+    proc = run_pibuild("node", "dns-pm01", "-o", str(out), cwd=build["dir"],
+                       env={"PIBUILD_TEST_FAIL_IN_PHASE": phase})
+    assert proc.returncode == 1
+    assert "failure injected" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(out.iterdir()) == [], "no output and no temporary file"
+    assert loop_devices() <= loops and mounts() <= mnts
+
+
+def test_ctrl_c_during_the_cold_build_leaves_no_mount_loop_or_cache_entry(build, tmp_path):
+    """Interrupt mmdebstrap itself: its mounts, our temporary entry and the lock must all go."""
+    shutil.copy(REPO / "tests/configs/arm64.yaml", tmp_path / "cluster.yaml")
+    cfg = (tmp_path / "cluster.yaml").read_text().replace("user: admin", "user: interrupted")
+    (tmp_path / "cluster.yaml").write_text(cfg)
+    loops, mnts = loop_devices(), mounts()
+    proc = subprocess.Popen([sys.executable, "-m", "builder.cli", "node", "dns-pm01", "-o", "out"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:  # wait until packages are being installed: mounts exist inside the chroot now
+        seen.append(line)
+        if "installing" in line or time.monotonic() > deadline:
+            break
+    time.sleep(5)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
+    rest = proc.communicate(timeout=300)[1]
+    stderr = "".join(seen) + rest
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr, stderr[-3000:]
+    root = cache.cache_root() / "cluster"
+    assert not list(root.glob(".tmp-*")), "the temporary cache entry is removed"
+    assert not [m for m in mounts() - mnts if str(cache.cache_root()) in m or "mmdebstrap" in m]
+    assert loop_devices() <= loops
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+    key = image_mod.cluster_key(config.load(tmp_path / "cluster.yaml"))
+    assert cache.lookup("cluster", key) is None, "never a half-written cache entry"
+    assert subprocess.run(["pgrep", "-f", key[:16]], capture_output=True).returncode == 1, "no build process left"
