@@ -104,7 +104,9 @@ def finish_debian(ch: chroot.Chroot) -> None:
     conf = ch.root / "etc/initramfs-tools"
     (conf / "conf.d").mkdir(parents=True, exist_ok=True)
     (conf / "conf.d/pibuild").write_text("# pibuild: only the modules listed in ../modules (see bases/debian/)\n"
-                                         "MODULES=list\n")
+                                         "MODULES=list\n"
+                                         # The fsck hook cannot detect the root file system inside a chroot.
+                                         "FSTYPE=ext4\n")
     (conf / "modules").write_text("# Written by pibuild from bases/debian/initramfs-modules\n"
                                   + "\n".join(initramfs_modules(ch.root)) + "\n")
     ch.run(["rm", "-f", "/usr/sbin/update-initramfs"])

@@ -33,6 +33,9 @@ BOOT_SIZE = 512 * MIB
 ROOT_HEADROOM = 384 * MIB
 # Raspberry Pi OS images grow by this much before a raspios/file base gets the cluster packages.
 RASPIOS_GROWTH = 1024 * MIB
+# Bump when make_image() or the cluster-image steps in this file change what they produce (base.py, stages.py and
+# chroot.py are part of the cache key by their source).
+CLUSTER_IMAGE_FORMAT = 1
 HOST_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "e2fsck", "resize2fs", "losetup", "bmaptool")
 
 
@@ -87,7 +90,8 @@ def cluster_key(cluster: Cluster) -> str:
     if b.source == "file" and b.path is not None:
         st = b.path.stat()
         base_file = (str(b.path), st.st_size, st.st_mtime_ns)
-    data = [cache.tree_digest(resources.stages_dir())]
+    data = [cache.tree_digest(resources.stages_dir()), CLUSTER_IMAGE_FORMAT]
+    data += [cache.digest(Path(m.__file__).read_text()) for m in (base, stages, chroot)]
     if b.source == "debian":
         data.append(cache.tree_digest(base.debian_dir()))
     # Whole dataclasses, so a field added later is part of the key without anyone remembering to add it.
