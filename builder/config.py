@@ -94,14 +94,22 @@ class Pacemaker:
     stonith_enabled: bool = False
     no_quorum_policy: str = "ignore"
     migration_threshold: int = 1
-    monitor_interval: str = "10s"
+    # pibuild's default; the seed (and the bundled example) monitor every 10s.
+    monitor_interval: str = "2s"
     monitor_timeout: str = "20s"
     failback: str = "manual"
     failure_timeout: str = "60s"
     named_user: str = "bind"
     monitor_request: str = "localhost"
-    # corosync's totem token (ms): how long a silent node takes to be declared lost.
-    token_ms: int = 3000
+    # corosync's totem token (ms): how long a silent node takes to be declared lost (plus consensus, 1.2 × token).
+    # pibuild's default fits a LAN; the seed ran corosync's 3000.
+    token_ms: int = 1000
+    # Seconds the named2 monitor waits for BIND's answer (the agent's own default is 5): a frozen BIND is found
+    # within monitor_interval + query_timeout.
+    query_timeout: int = 2
+    # named.service's stop tells Pacemaker at once (/usr/lib/pibuild/named-stopped) instead of waiting for the
+    # next monitor. The seed had no such reaction.
+    react_to_named_stop: bool = True
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,8 @@ KNOWN_KEYS = {
     "node": ("name", "address", "model"),
     "vip": ("name", "address", "prefer", "group", "monitor"),
     "pacemaker": ("stonith_enabled", "no_quorum_policy", "migration_threshold", "monitor_interval", "monitor_timeout",
-                  "failback", "failure_timeout", "named_user", "monitor_request", "token_ms"),
+                  "failback", "failure_timeout", "named_user", "monitor_request", "token_ms",
+                  "query_timeout", "react_to_named_stop"),
     "dns": ("allow_recursion",),
 }
 
@@ -445,6 +454,8 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         named_user=r.get(sec, "pacemaker", "named_user", str, d.named_user),
         monitor_request=r.get(sec, "pacemaker", "monitor_request", str, d.monitor_request),
         token_ms=r.get(sec, "pacemaker", "token_ms", int, d.token_ms),
+        query_timeout=r.get(sec, "pacemaker", "query_timeout", int, d.query_timeout),
+        react_to_named_stop=r.get(sec, "pacemaker", "react_to_named_stop", bool, d.react_to_named_stop),
     )
     if not USER_RE.match(pm.named_user):
         r.problem("pacemaker.named_user", pm.named_user, "must be the user BIND runs as (Debian's is 'bind')")
@@ -456,6 +467,9 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
                   "must be 1 or more (the seed uses 1: fail over at the first failure)")
     if not 500 <= pm.token_ms <= 60000:
         r.problem("pacemaker.token_ms", pm.token_ms, "must be between 500 and 60000 milliseconds")
+    if not 1 <= pm.query_timeout < duration_seconds(pm.monitor_timeout):
+        r.problem("pacemaker.query_timeout", pm.query_timeout,
+                  f"must be at least 1 second and below monitor_timeout ({pm.monitor_timeout})")
     if pm.stonith_enabled:
         r.problem("pacemaker.stonith_enabled", True,
                   "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "

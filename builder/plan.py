@@ -14,6 +14,8 @@ STATE_DIR = "/var/lib/pibuild"
 CONFIG_PATH = "/etc/pibuild/firstboot.json"
 PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 NAMED2_AGENT = "ocf:pibuild:named2"
+# named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
+NAMED2_QUERY_TIMEOUT = 5
 
 
 def cib_commands(cluster: Cluster) -> list[list[str]]:
@@ -30,10 +32,11 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
         # The fail count expires, so the location scores pull the group home once BIND there answers again.
         defaults.append(f"failure-timeout={pm.failure_timeout}")
     cmds.append([*pcs.resource_defaults, *defaults])
+    query = [] if pm.query_timeout == NAMED2_QUERY_TIMEOUT else [f"query_timeout={pm.query_timeout}"]
     for vip in cluster.vips:
         # The monitor first: the group brings the floating address up only where BIND answers.
         cmds.append(["resource", "create", vip.monitor, NAMED2_AGENT, f"monitor_request={pm.monitor_request}",
-                     f"named_user={pm.named_user}", "named=/usr/sbin/named",
+                     f"named_user={pm.named_user}", "named=/usr/sbin/named", *query,
                      "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}",
                      *pcs.group_keyword, vip.group])
         cmds.append(["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
