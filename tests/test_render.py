@@ -145,7 +145,7 @@ def test_the_files_each_node_receives(rendered):
 
 def test_modes(rendered):
     private = {NM_KEYFILE, SECRET}
-    executable = {NAMED2, FIRSTBOOT_SCRIPT}
+    executable = {NAMED2, FIRSTBOOT_SCRIPT, "usr/lib/pibuild/named-stopped"}
     for tree in rendered.trees.values():
         for f in tree_files(tree):
             path = tree / f
