@@ -31,6 +31,12 @@ FIRSTBOOT_FILES = {
     "pibuild-firstboot": ("usr/lib/pibuild/pibuild-firstboot", 0o755),
 }
 FIRSTBOOT_ENABLE_LINK = "etc/systemd/system/multi-user.target.wants/pibuild-firstboot.service"
+# Unit links every node gets, whatever the base did: Raspberry Pi OS keeps ssh off and asks for a user name on its
+# first boot (userconfig); pibuild configured the login user itself. Harmless where the base has neither.
+UNIT_LINKS = {
+    "etc/systemd/system/multi-user.target.wants/ssh.service": "/lib/systemd/system/ssh.service",
+    "etc/systemd/system/userconfig.service": "/dev/null",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ def render_node(cluster: Cluster, node_name: str, hacluster_password: str) -> li
         entries[rel] = Entry(rel, mode, (firstboot / name).read_bytes())
     entries[FIRSTBOOT_ENABLE_LINK] = Entry(FIRSTBOOT_ENABLE_LINK, 0o777,
                                            symlink="/" + FIRSTBOOT_FILES["pibuild-firstboot.service"][0])
+    for link, target in UNIT_LINKS.items():
+        entries[link] = Entry(link, 0o777, symlink=target)
     config_rel = plan.CONFIG_PATH.lstrip("/")
     firstboot_plan = json.dumps(plan.firstboot_plan(cluster, node.name), indent=2) + "\n"
     entries[config_rel] = Entry(config_rel, 0o644, firstboot_plan.encode())
