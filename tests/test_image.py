@@ -271,3 +271,32 @@ def test_ctrl_c_during_the_cold_build_leaves_no_mount_loop_or_cache_entry(build,
     key = image_mod.cluster_key(config.load(tmp_path / "cluster.yaml"))
     assert cache.lookup("cluster", key) is None, "never a half-written cache entry"
     assert subprocess.run(["pgrep", "-f", key[:16]], capture_output=True).returncode == 1, "no build process left"
+
+
+def test_file_base_runs_the_stages_on_a_local_image(build, tmp_path):
+    """base.source: file — grow the root partition, run the stages in a chroot on the loop-mounted rootfs.
+
+    The local image is one of the debian-base builds, so apt finds every package already installed and the test
+    exercises the path raspios images take (download aside) without Raspberry Pi's servers.
+    """
+    cfg = (REPO / "tests/configs/arm64.yaml").read_text()
+    cfg = cfg.replace("  source: debian\n", f"  source: file\n  path: {image(build, 'dns-pm02')}\n")
+    cfg = cfg.replace("  updates: false\n", "")
+    (tmp_path / "cluster.yaml").write_text(cfg)
+    loops, mnts = loop_devices(), mounts()
+    proc = run_pibuild("node", "dns-pm02", "-o", "out", cwd=tmp_path, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "grow the root partition" in proc.stderr and "stage 00-cluster-packages/00-packages" in proc.stderr
+    img = tmp_path / "out/clst-64-dns-pm02.img"
+    table = layout(img)
+    assert table["partitions"][1]["size"] * 512 >= layout(image(build, "dns-pm02"))["partitions"][1]["size"] * 512 \
+        + 1000 * 2**20, "the root partition grew"
+    with rootfs(image(build, "dns-pm02")) as root:
+        resolv_before = os.path.lexists(root / "etc/resolv.conf")
+    with rootfs(img) as root:
+        assert (root / "etc/hostname").read_text() == "dns-pm02\n"
+        assert not (root / "usr/sbin/policy-rc.d").exists(), "the chroot's policy is removed"
+        assert os.path.lexists(root / "etc/resolv.conf") == resolv_before, "the build host's resolver is not left"
+    manifest = (tmp_path / "out/clst-64-dns-pm02.manifest").read_text()
+    assert manifest == (build["out"] / "clst-64-dns-pm02.manifest").read_text()
+    assert loop_devices() <= loops and mounts() <= mnts
