@@ -167,11 +167,15 @@ def test_services_firstboot_enabled_default_cluster_kept_off(build):
         assert os.readlink(wants / "pibuild-firstboot.service") == "/etc/systemd/system/pibuild-firstboot.service"
         assert (root / "etc/systemd/system/pibuild-firstboot.service").is_file()
         assert (root / "usr/lib/pibuild/pibuild-firstboot").stat().st_mode & 0o111
+        # Links are absolute paths inside the image: look at the links, never through them to the build host.
         for unit in ("pcsd.service", "named.service", "ssh.service"):
-            assert (wants / unit).exists(), f"{unit} enabled"
+            assert (wants / unit).is_symlink(), f"{unit} enabled"
+            assert (root / os.readlink(wants / unit).lstrip("/")).is_file()
         for unit in ("corosync.service", "pacemaker.service"):
-            assert not (wants / unit).exists(), f"{unit} must wait for firstboot"
-        assert (root / "etc/systemd/system/sysinit.target.wants/pibuild-expand-rootfs.service").exists()
+            assert not (wants / unit).is_symlink(), f"{unit} must wait for firstboot"
+            assert (root / "lib/systemd/system" / unit).is_file(), f"{unit} is installed"
+        assert (root / "etc/systemd/system/sysinit.target.wants/pibuild-expand-rootfs.service").is_symlink()
+        assert os.readlink(root / "etc/systemd/system/userconfig.service") == "/dev/null"
         assert not (root / "usr/sbin/policy-rc.d").exists(), "the build chroot's policy must not ship"
         assert (root / "usr/sbin/update-initramfs").exists() and not (
             root / "usr/sbin/update-initramfs.distrib").exists(), "the initramfs deferral is undone"
