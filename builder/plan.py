@@ -14,7 +14,6 @@ STATE_DIR = "/var/lib/pibuild"
 CONFIG_PATH = "/etc/pibuild/firstboot.json"
 PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 NAMED2_AGENT = "ocf:pibuild:named2"
-SETUP_REQUEST_TIMEOUT = 300
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5
 
@@ -57,10 +56,7 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
     setup = ["pcs", "cluster", "setup", cluster.name]
     for n in cluster.nodes:
         setup += [n.name, f"addr={n.address}"]
-    # pcs gives up on a node whose pcsd has not answered in 60 s; a busy Pi 2B (or an emulated node) needs longer,
-    # and the retried setup would time out the same way for ever.
-    setup += ["totem", f"token={cluster.pacemaker.token_ms}", "--start", "--enable",
-              f"--request-timeout={SETUP_REQUEST_TIMEOUT}"]
+    setup += ["totem", f"token={cluster.pacemaker.token_ms}", "--start", "--enable"]
     return {
         "cluster": cluster.name,
         "node": node.name,
