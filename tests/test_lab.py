@@ -1,0 +1,183 @@
+"""`pibuild lab`: the outage computation (unit), and the whole cluster in QEMU with failover drills (lab tier).
+
+The lab tier builds the bundled example's images (or reuses them: PIBUILD_LAB_IMAGES=DIR), runs `lab up`, checks
+both nodes online and both VIPs answering from the client, runs the named-stop and node-poweroff drills, and checks
+that `lab down` leaves no namespace and no QEMU process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder import lab, probe, resources
+from builder.probe import Sample
+
+# ---- unit: outages from synthetic samples --------------------------------------------------------------------
+
+
+def series(vip: str, start: float, oks: str, step: float = 0.1) -> list[Sample]:
+    """'1' a good answer, '0' a failed one, every `step` seconds from `start`."""
+    return [Sample(round(start + i * step, 3), vip, c == "1") for i, c in enumerate(oks)]
+
+
+def test_no_failure_is_no_outage():
+    s = series("a", 100.0, "1" * 30)
+    o = probe.outage(s, "a", event=100.5)
+    assert (o.outage_s, o.recovered, o.failback_s) == (0.0, True, 0.0)
+
+
+def test_outage_runs_from_first_failure_to_first_good_answer():
+    s = series("a", 100.0, "11111" + "0" * 25 + "1" * 10)   # fails at 100.5, good again at 103.0
+    o = probe.outage(s, "a", event=100.2)
+    assert o.outage_s == pytest.approx(2.5)
+    assert o.recovered
+
+
+def test_failures_before_the_event_do_not_count():
+    s = series("a", 100.0, "000" + "1" * 10 + "00" + "1" * 5)
+    o = probe.outage(s, "a", event=100.5)
+    assert o.outage_s == pytest.approx(0.2)
+
+
+def test_never_answering_again_is_not_recovered():
+    s = series("a", 100.0, "111" + "0" * 20)
+    o = probe.outage(s, "a", event=100.0)
+    assert not o.recovered
+    assert o.outage_s == pytest.approx(1.9)
+
+
+def test_failback_outage_is_counted_apart():
+    s = series("a", 100.0, "1" + "0" * 10 + "1" * 20 + "000" + "1" * 10)   # failover 1.0 s, failback 0.3 s
+    o = probe.outage(s, "a", event=100.0, recovery=102.5)
+    assert o.outage_s == pytest.approx(1.0)
+    assert o.failback_s == pytest.approx(0.3)
+    assert o.recovered
+
+
+def test_vips_are_kept_apart():
+    s = sorted(series("a", 100.0, "1" + "0" * 10 + "1" * 5) + series("b", 100.0, "1" * 16), key=lambda x: x.t)
+    assert probe.outage(s, "a", 100.0).outage_s == pytest.approx(1.0)
+    assert probe.outage(s, "b", 100.0).outage_s == 0.0
+
+
+def test_probe_lines_round_trip_and_cut_lines_are_skipped():
+    lines = ['{"t": 1.5, "vip": "a", "ok": true, "ms": 1.0}', '{"t": 1.0, "vip": "a", "ok": false, "ms": null}',
+             '{"t": 2.0, "vip": "a", "o']
+    assert probe.parse_lines(lines) == [Sample(1.0, "a", False), Sample(1.5, "a", True)]
+
+
+def test_dns_query_and_answer_parsing():
+    q = probe.query(0x1234, "localhost.")
+    assert q[:2] == b"\x12\x34" and q.endswith(b"\x09localhost\x00\x00\x01\x00\x01")
+    answer = bytearray(q)
+    answer[2:4] = b"\x81\x80"      # response, recursion available, NOERROR
+    answer[6:8] = b"\x00\x01"      # one answer record
+    assert probe.answer_id(bytes(answer)) == (0x1234, True)
+    answer[3] = 0x82               # SERVFAIL
+    assert probe.answer_id(bytes(answer)) == (0x1234, False)
+
+
+def test_crm_mon_parsing():
+    xml = """<pacemaker-result><nodes><node name="n1" online="true"/><node name="n2" online="false"/></nodes>
+    <resources><group id="g1"><resource id="vip1" active="true" failed="false"><node name="n1"/></resource>
+    </group><resource id="vip2" active="false" failed="false"/></resources>
+    <failures><failure op_key="m1_monitor_2000" node="n1"/></failures></pacemaker-result>"""
+    state = lab.parse_crm_mon("noise before\n" + xml)
+    assert state.online == ("n1",)
+    assert state.where == {"vip1": ("n1",)}
+    assert state.failed == ("m1_monitor_2000 on n1",)
+
+
+def test_outage_table_side_by_side():
+    rows = [{"scenario": "named-stop", "vip": "10.0.0.11", "outage_s": 1.2, "recovered": True, "settings": "config"},
+            {"scenario": "named-stop", "vip": "10.0.0.11", "outage_s": 13.5, "recovered": True, "settings": "seed"}]
+    text = lab.table(rows, ["config", "seed"])
+    assert "1.2s" in text and "13.5s" in text
+
+
+# ---- lab tier: the whole cluster in QEMU ---------------------------------------------------------------------
+
+EXAMPLE_IMAGES = ("clst-01-dns-pm01.img", "clst-01-dns-pm02.img")
+
+
+def pibuild(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def qemu_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith("qemu-system") and "/run/pibuild/lab/" in line]
+
+
+@pytest.fixture(scope="session")
+def example_images(tmp_path_factory) -> Path:
+    """The bundled example's images: PIBUILD_LAB_IMAGES, else built with `pibuild all` (the cache makes it quick)."""
+    given = os.environ.get("PIBUILD_LAB_IMAGES")
+    if given:
+        assert all((Path(given) / name).is_file() for name in EXAMPLE_IMAGES), given
+        return Path(given)
+    cwd = tmp_path_factory.mktemp("lab-build")
+    proc = pibuild("all", "-o", "out", cwd=cwd, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd / "out"
+
+
+@pytest.fixture(scope="session")
+def lab_up(example_images, tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    cwd = tmp_path_factory.mktemp("lab")
+    # The example's cluster with pibuild's own reaction settings (its seed keys dropped): `lab drill` applies them
+    # to the running cluster, so the example's images drill with pibuild's defaults.
+    data = yaml.safe_load(resources.example_config().read_text())
+    for key in ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop"):
+        data["pacemaker"].pop(key, None)
+    (cwd / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    pibuild("lab", "down", cwd=cwd, timeout=120)   # a lab left over by an interrupted run
+    proc = pibuild("lab", "up", "--images", str(example_images), cwd=cwd, timeout=1800)
+    try:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+        yield cwd
+    finally:
+        down = pibuild("lab", "down", cwd=cwd, timeout=300)
+        assert down.returncode == 0, down.stderr
+        assert "pibuild-clst-01" not in namespaces()
+        assert qemu_processes() == []
+        assert not Path("/run/pibuild/lab/clst-01").exists()
+
+
+@pytest.mark.lab
+def test_lab_up_forms_the_cluster_and_every_vip_answers(lab_up):
+    proc = pibuild("lab", "status", cwd=lab_up, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "online: dns-pm01, dns-pm02" in proc.stdout
+    for address in ("192.168.100.11", "192.168.100.12"):
+        (line,) = [ln for ln in proc.stdout.splitlines() if f" {address}: on " in ln]
+        assert "answers DNS" in line and "NOT" not in line
+
+
+@pytest.mark.lab
+def test_drills_named_stop_and_node_poweroff_recover(lab_up):
+    proc = pibuild("lab", "drill", "--scenario", "named-stop", "--scenario", "node-poweroff", "--json",
+                   cwd=lab_up, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = json.loads(proc.stdout[proc.stdout.index("["):])
+    print(lab.table(rows, ["config"]))
+    assert {(r["scenario"], r["vip"]) for r in rows} == {
+        (s, v) for s in ("named-stop", "node-poweroff") for v in ("192.168.100.11", "192.168.100.12")}
+    for r in rows:
+        assert r["recovered"], r
+        assert set(r) >= {"scenario", "vip", "outage_s", "recovered"}
