@@ -1,0 +1,346 @@
+"""`pibuild smoke IMAGE`: boot a node image in QEMU, log in on its serial console and check that it works.
+
+The image is never written (builder.qemu boots a throw-away qcow2 overlay). Each check is printed PASS/FAIL with
+its detail as soon as it is decided; the verdict names the failed checks and keeps the serial log.
+
+Checks (see README "Smoke test"): boot (the login prompt appears), login (a root shell on the serial console),
+hostname, address (the node's static address on its interface), named (active and answering
+`dig @127.0.0.1 localhost`), pcsd (active), firstboot (pibuild-firstboot.service present and waiting for its
+peers: a lone node cannot form the cluster), failed-units (`systemctl --failed` empty once the boot finished).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from builder import qemu
+from builder.errors import NeedsRoot, PibuildError
+
+# The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
+# its login prompt at ~35 s and every unit up at ~75 s; the budget leaves room for a busy CI machine.
+DEFAULT_TIMEOUT = {"tcg": 600.0, "kvm": 240.0}
+# How long one check keeps polling for its condition once the boot finished (a bounded part of the budget).
+POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 90.0}
+CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
+FIRSTBOOT_UNIT = "pibuild-firstboot.service"
+FIRSTBOOT_DONE = "/var/lib/pibuild/firstboot.done"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    at: float | None = None     # seconds after QEMU started when it was decided
+
+    def line(self) -> str:
+        at = f"{self.at:6.1f}s" if self.at is not None else " " * 7
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name:<13} {at}  {self.detail}"
+
+
+@dataclass
+class SmokeReport:
+    image: Path
+    serial_log: Path
+    mode: str = ""
+    arch: str = ""
+    accel: str = ""
+    checks: list[Check] = field(default_factory=list)
+    boot_seconds: float | None = None      # QEMU start -> login prompt
+    checks_seconds: float | None = None    # QEMU start -> every check decided
+    total_seconds: float = 0.0             # the command's whole run (overlay set-up and teardown included)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.ok for c in self.checks)
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.ok]
+
+
+class _Run:
+    """One smoke run against a started VM: the checks in order, each within the run's deadline."""
+
+    def __init__(self, vm: qemu.Vm, report: SmokeReport, deadline: float, emit: Callable[[Check], None]):
+        self.vm = vm
+        self.console = vm.console
+        self.report = report
+        self.deadline = deadline
+        self.emit = emit
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        check = Check(name, ok, detail, self.vm.elapsed())
+        self.report.checks.append(check)
+        self.emit(check)
+        return ok
+
+    def sh(self, command: str, timeout: float = 120.0) -> tuple[int, str]:
+        return self.console.run(command, timeout=max(1.0, min(timeout, self.left())))
+
+    def poll(self, command: str, decide: Callable[[int, str], bool | None], limit: float) -> tuple[bool, str]:
+        """Run command until decide() says True (pass) or False (definitely failed), or the time is up.
+
+        Returns the verdict and the last output the command gave (a slow console is waited for, not judged).
+        """
+        until = min(self.deadline, time.monotonic() + limit)
+        out, pause = "", 2.0
+        while True:
+            try:
+                rc, out = self.sh(command, timeout=max(30.0, until - time.monotonic()))
+            except qemu.ConsoleTimeout:
+                if time.monotonic() >= until:
+                    return False, out
+                continue
+            verdict = decide(rc, out)
+            if verdict is not None:
+                return verdict, out
+            if time.monotonic() + pause >= until:
+                return False, out
+            # Backing off: every command costs the emulated guest CPU time that the thing waited for needs.
+            time.sleep(pause)
+            pause = min(pause * 1.5, 10.0)
+
+    # ---- the checks --------------------------------------------------------------------------------------------
+
+    def all(self) -> None:
+        node = self.vm.node
+        try:
+            self.console.wait_login_prompt(self.left())
+        except qemu.ConsoleError as exc:
+            self.add("boot", False, str(exc))
+            return
+        self.report.boot_seconds = self.vm.elapsed()
+        self.add("boot", True, f"login prompt after {self.report.boot_seconds:.1f} s")
+        try:
+            self.console.login(min(120.0, self.left()))
+        except qemu.ConsoleError as exc:
+            self.add("login", False, str(exc))
+            return
+        console = qemu.ARCHES[self.vm.boot.arch].console
+        self.add("login", True, f"root shell on {console} (autologin set up in the overlay only)")
+
+        rc, out = self.sh("hostname")
+        self.add("hostname", out.strip() == node.name,
+                 out.strip() if out.strip() == node.name else f"{out.strip()!r}, expected {node.name!r}")
+
+        # Everything after this waits for the boot to finish (pcsd alone takes ~25 s under TCG).
+        self.settle()
+
+        self.check_address(node)
+        self.check_named()
+        self.check_pcsd()
+        self.check_firstboot(node)
+        self.check_failed_units()
+
+    def settle(self) -> str:
+        """Wait until systemd's boot job queue is empty: `is-system-running --wait`, bounded."""
+        limit = int(max(5, self.left() - 60))
+        rc, out = self.sh(f"timeout {limit} systemctl is-system-running --wait", timeout=limit + 30)
+        states = [w for w in out.split() if w in ("initializing", "starting", "running", "degraded", "maintenance",
+                                                   "stopping", "offline", "unknown")]
+        return states[-1] if states else (out.strip().splitlines() or ["unknown"])[-1]
+
+    def check_address(self, node: qemu.Node) -> None:
+        if not node.address:
+            self.add("address", False, "the image configures no static address (no NetworkManager keyfile with "
+                                        "address1=, no `static ip_address=` in dhcpcd.conf)")
+            return
+        iface = node.interface or "eth0"
+        want = f"inet {node.address} "
+        ok, out = self.poll(f"ip -4 -o addr show dev {iface}", lambda rc, out: True if want in out else None,
+                            POLL_LIMIT["address"])
+        if ok:
+            self.add("address", True, f"{node.address} on {iface}")
+            return
+        found = " ".join(w for line in out.splitlines() for w in line.split()[3:4]) or out.strip()[:200] or "none"
+        self.sh("ip -o link; nmcli -t device status 2>/dev/null; journalctl -b -u NetworkManager -n 20 --no-pager")
+        self.add("address", False, f"{node.address} is not on {iface} (found: {found})")
+
+    def check_named(self) -> None:
+        def decide(rc: int, out: str) -> bool | None:
+            props = _props(out)
+            if props.get("ActiveState") == "active":
+                return True
+            if props.get("ActiveState") == "failed" or int(props.get("NRestarts", "0") or 0) > 0:
+                return False  # it failed at least once (Restart=on-failure keeps it cycling)
+            return None
+
+        ok, out = self.poll("systemctl show -p ActiveState -p SubState -p NRestarts -p Result named", decide,
+                            POLL_LIMIT["named"])
+        props = _props(out)
+        if not ok:
+            _, journal = self.sh("journalctl -b -u named -n 40 --no-pager -o cat")
+            # BIND names the file and line of a configuration error: that is the line to show.
+            errors = [line for line in journal.splitlines() if re.search(r"\.conf[\w.-]*:\d+:", line)]
+            self.add("named", False, f"named.service is {props.get('ActiveState', '?')} "
+                                     f"({props.get('SubState', '?')}, result {props.get('Result', '?')}, "
+                                     f"{props.get('NRestarts', '?')} restart(s)): "
+                                     f"{' | '.join(errors[:2]) if errors else _last_lines(journal)}")
+            return
+        ok, answer = self.poll("dig +short +time=2 +tries=1 @127.0.0.1 localhost",
+                               lambda rc, out: True if "127.0.0.1" in out.split() else None, POLL_LIMIT["named"])
+        if ok:
+            self.add("named", True, "active; dig @127.0.0.1 localhost -> 127.0.0.1")
+        else:
+            self.add("named", False, f"active, but dig @127.0.0.1 localhost answered {_last_lines(answer)!r}")
+
+    def check_pcsd(self) -> None:
+        ok, state = self.poll("systemctl is-active pcsd", _active, POLL_LIMIT["pcsd"])
+        if ok:
+            self.add("pcsd", True, "active")
+            return
+        _, journal = self.sh("journalctl -b -u pcsd -n 20 --no-pager -o short-monotonic")
+        self.add("pcsd", False, f"pcsd.service is {state.strip() or 'unknown'}: {_last_lines(journal)}")
+
+    def check_firstboot(self, node: qemu.Node) -> None:
+        if node.plan is None:
+            self.add("firstboot", False, "/etc/pibuild/firstboot.json is missing: not a pibuild node image")
+            return
+        # Wait in the guest, for free: `journalctl -f` is woken by new entries, and awk stops at the first line that
+        # says the script waits for its peers (a lone node never gets further). Failed passes are printed on the way.
+        # Process substitution: the shell does not wait for journalctl, which `timeout` ends.
+        limit = int(max(10.0, self.left() - 45))
+        _, journal = self.sh(
+            "awk '/^failed:/ {print; fflush()} /^waiting for / && !/the local pcsd/ {print; exit}' "
+            f"< <(timeout {limit} journalctl -b -u {FIRSTBOOT_UNIT} -o cat -n all -f)", timeout=limit + 30)
+        _, out = self.sh(f"systemctl show -p LoadState -p ActiveState -p SubState {FIRSTBOOT_UNIT}; "
+                         f"test -e {FIRSTBOOT_DONE} && echo Done=yes")
+        props, lines = _props(out), _firstboot_lines(journal)
+        state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
+        failures = [line for line in lines if line.startswith("failed:")]
+        waiting = lines and lines[-1].startswith("waiting")
+        if props.get("LoadState", "loaded") != "loaded":
+            self.add("firstboot", False, f"{FIRSTBOOT_UNIT} is {props['LoadState']}")
+        elif props.get("Done") == "yes":
+            self.add("firstboot", False, f"{FIRSTBOOT_DONE} exists on a lone node: the image was not fresh")
+        elif waiting and props.get("ActiveState") in ("active", "activating"):
+            retried = f" (after {len(failures)} failed pass(es); first: {failures[0]})" if failures else ""
+            self.add("firstboot", True, f"{FIRSTBOOT_UNIT} {state}: {lines[-1]}{retried}")
+        else:
+            _, last = self.sh(f"journalctl -b -u {FIRSTBOOT_UNIT} -o cat -n 3 --no-pager")
+            self.add("firstboot", False, f"{FIRSTBOOT_UNIT} {state}, not waiting for its peers within {limit} s; "
+                                         f"last log lines: {_last_lines(last)}")
+
+    def check_failed_units(self) -> None:
+        rc, out = self.sh("systemctl is-system-running; systemctl --failed --no-legend --plain --no-pager")
+        lines = out.splitlines()
+        state = lines[0].strip() if lines else "unknown"
+        units = [line.split()[0] for line in lines[1:] if "." in line.split(" ", 1)[0]]
+        if not units:
+            self.add("failed-units", True, f"none (system {state})")
+            return
+        # Their journals go to the serial log for whoever reads it.
+        self.sh("; ".join(f"journalctl -b -u {u} -n 15 --no-pager -o short-monotonic" for u in units[:5]),
+                timeout=120)
+        self.add("failed-units", False, f"{', '.join(units)} (system {state})")
+
+
+def _props(out: str) -> dict[str, str]:
+    """KEY=VALUE lines (systemctl show, our own marks)."""
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and " " not in line)
+
+
+def _firstboot_lines(out: str) -> list[str]:
+    """firstboot's progress and failure lines: `waiting for …` about the peers or the cluster, `failed: …`.
+
+    The transient wait for the local pcsd is left out: it is not the waiting a lone node ends in.
+    """
+    return [line for line in out.splitlines()
+            if line.startswith("failed:") or (line.startswith("waiting for ") and "the local pcsd" not in line)]
+
+
+def _active(rc: int, out: str) -> bool | None:
+    state = out.strip().splitlines()[-1] if out.strip() else ""
+    if state == "active":
+        return True
+    if state in ("failed", "inactive"):
+        return False
+    return None  # activating, reloading, deactivating: wait
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-n:]) if lines else "(no output)"
+
+
+def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = None, keep_log: bool = False,
+          cpus: int = 1, emit: Callable[[Check], None] = lambda check: None,
+          progress: Callable[[str], None] = lambda message: None) -> SmokeReport:
+    """Boot image in QEMU (never writing it) and run every check. The serial log is kept when a check failed or
+    keep_log is set, and deleted otherwise."""
+    if os.geteuid() != 0:
+        raise NeedsRoot("the smoke test (it mounts its QEMU overlay through FUSE and a loop device)")
+    image = Path(image)
+    if not image.is_file():
+        raise PibuildError(f"{image}: no such image file")
+    started = time.monotonic()
+    log_dir = Path(log_dir or tempfile.gettempdir())
+    log_dir.mkdir(parents=True, exist_ok=True)
+    serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    report = SmokeReport(image=image, serial_log=serial_log)
+    workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
+    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus)
+    finished = False
+    try:
+        vm.prepare()
+        report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
+        budget = timeout or DEFAULT_TIMEOUT[report.accel]
+        progress(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
+                 f"node {vm.node.name}; serial log {serial_log}")
+        vm.start()
+        run = _Run(vm, report, vm.started_at + budget, emit)
+        try:
+            run.all()
+        except qemu.ConsoleError as exc:
+            # The console stopped answering mid-way: the check being run fails with the reason.
+            done = {c.name for c in report.checks}
+            name = next(n for n in CHECKS if n not in done)
+            run.add(name, False, str(exc))
+        report.checks_seconds = vm.elapsed()
+        for name in CHECKS:
+            if name not in {c.name for c in report.checks}:
+                run.add(name, False, "not run (an earlier check failed or the time ran out)")
+        finished = True
+    finally:
+        vm.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        report.total_seconds = time.monotonic() - started
+        if not keep_log and (report.ok or not finished):
+            with contextlib.suppress(OSError):
+                serial_log.unlink()
+    return report
+
+
+@click.command(name="smoke")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--timeout", type=float, default=None, metavar="S",
+              help="Budget for the whole run in seconds, QEMU start to verdict (default 600 under TCG, 240 "
+                   "with KVM).")
+@click.option("--keep-log", is_flag=True, help="Keep the serial log also when every check passed.")
+@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the serial log goes (default: the temporary directory).")
+def smoke_cmd(image: Path, timeout: float | None, keep_log: bool, log_dir: Path | None) -> None:
+    """Boot IMAGE in QEMU (without changing it), log in on its serial console and check it; exit 0 or 1."""
+    report = smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log,
+                   emit=lambda check: click.echo(check.line()), progress=lambda m: click.echo(m, err=True))
+    timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
+    timing += (f"checks done {report.checks_seconds:.1f} s after QEMU started, "
+               f"verdict after {report.total_seconds:.1f} s ({report.accel.upper()})")
+    if report.ok:
+        click.echo(f"smoke: PASS: {timing}" + (f"; serial log {report.serial_log}" if keep_log else ""))
+        return
+    raise PibuildError(f"smoke: FAIL: {', '.join(report.failed)} ({timing}); serial log: {report.serial_log}")

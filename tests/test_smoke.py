@@ -1,0 +1,251 @@
+"""`pibuild smoke`: boot the bundled example's dns-pm01 in QEMU (TCG here) through the real CLI.
+
+- the image passes every check, and its sha256 is the same before and after the run;
+- a copy with a syntax error in /etc/bind/named.conf.options fails, the message names the `named` check and the
+  serial log, which is kept;
+- the VM layer without booting: boot mode and QEMU argv for a Debian armhf image and for a Raspberry Pi OS-shaped
+  one (raspi2b/raspi3b), and the console login written to the overlay only.
+
+Each boot takes ~2-6 min under TCG on a 2-core machine (more when other VMs share it); the image is built once
+per session from the bundled example (seconds with a warm cache, ~8 min cold).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import loop_devices, mounts, run_pibuild
+
+from builder import qemu
+from builder.image import read_layout
+
+NODE = "dns-pm01"
+IMAGE_NAME = f"clst-01-{NODE}.img"
+CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (FUSE export, loop devices, mounts)")
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("qemu-system-arm", "qemu-img", "qemu-storage-daemon", "mcopy", "losetup")),
+    reason="needs qemu-system-arm, qemu-utils, qemu-system-common (qemu-storage-daemon), mtools")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def qemu_pids() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "qemu-system-.* -name smoke-"], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def leftovers() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "pibuild-smoke-*")))
+
+
+def ours(entries: set[str], *marks: str) -> set[str]:
+    """Other engineers' labs and builds share the machine: only what names our temporary paths counts."""
+    return {e for e in entries if any(m in e for m in ("pibuild-smoke-", *marks))}
+
+
+@pytest.fixture
+def clean_host(tmp_path):
+    """Nothing left behind: no QEMU, loop device, mount or temporary directory of ours."""
+    mark = str(tmp_path)
+    before = (ours(loop_devices(), mark), ours(mounts(), mark), qemu_pids(), leftovers())
+    yield
+    assert ours(loop_devices(), mark) == before[0], "a loop device was left attached"
+    assert ours(mounts(), mark) == before[1], "a mount (FUSE export or ext4) was left behind"
+    assert qemu_pids() <= before[2], "a smoke QEMU is still running"
+    assert leftovers() <= before[3], "a temporary file or directory was left behind"
+
+
+@pytest.fixture(scope="session")
+def example_image(tmp_path_factory) -> Path:
+    """The bundled example's dns-pm01, built once per session in a directory of its own."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    work = tmp_path_factory.mktemp("smoke-build")
+    proc = run_pibuild("node", NODE, "-o", "out", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    image = work / "out" / IMAGE_NAME
+    assert image.is_file()
+    return image
+
+
+# ---- booting -------------------------------------------------------------------------------------------------
+
+@pytest.mark.qemu
+@needs_root
+@needs_tools
+def test_example_image_passes_and_is_unchanged(example_image, tmp_path, clean_host):
+    recorded = (example_image.parent / f"{IMAGE_NAME}.sha256").read_text().split()[0]
+    before = sha256(example_image)
+    assert before == recorded
+    mtime = example_image.stat().st_mtime_ns
+
+    proc = run_pibuild("smoke", str(example_image), "--log-dir", str(tmp_path), timeout=1500)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for name in CHECKS:
+        assert any(line.startswith("PASS") and line.split()[1] == name for line in lines), (name, proc.stdout)
+    assert not any(line.startswith("FAIL") for line in lines)
+    assert "login prompt after" in proc.stdout
+    assert "smoke: PASS" in proc.stdout and "verdict after" in proc.stdout
+    assert "waiting for dns-pm02" in proc.stdout  # the lone initiator waits for its peer
+    assert list(tmp_path.iterdir()) == [], "the serial log of a passing run is removed without --keep-log"
+
+    assert sha256(example_image) == before, "the smoke run changed the image"
+    assert example_image.stat().st_mtime_ns == mtime
+
+
+def break_bind(image: Path) -> None:
+    """A syntax error in the copy's named.conf.options, through an offset loop device."""
+    layout = read_layout(image)
+    with tempfile.TemporaryDirectory() as mnt:
+        dev = subprocess.run(["losetup", "--find", "--show", "--offset", str(layout.root_offset), "--sizelimit",
+                              str(layout.root_size), str(image)], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        try:
+            subprocess.run(["mount", dev, mnt], check=True)
+            try:
+                with open(Path(mnt) / "etc/bind/named.conf.options", "a") as f:
+                    f.write("options { this is not BIND syntax\n")
+            finally:
+                subprocess.run(["umount", mnt], check=True)
+        finally:
+            subprocess.run(["losetup", "--detach", dev], check=True)
+
+
+@pytest.mark.qemu
+@needs_root
+@needs_tools
+def test_broken_bind_config_fails_naming_named(example_image, tmp_path, clean_host):
+    broken = tmp_path / "broken.img"
+    subprocess.run(["cp", "--sparse=always", str(example_image), str(broken)], check=True)
+    break_bind(broken)
+    logs = tmp_path / "logs"
+
+    proc = run_pibuild("smoke", str(broken), "--log-dir", str(logs), timeout=1500)
+    print(proc.stdout, proc.stderr)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    named = [line for line in proc.stdout.splitlines() if line.split()[1:2] == ["named"]]
+    assert named and named[0].startswith("FAIL"), proc.stdout
+    assert "named.conf.options" in named[0], "the failure shows BIND's own error line"
+    assert "smoke: FAIL: named" in proc.stderr
+    for name in ("boot", "login", "hostname", "address", "pcsd"):
+        assert any(line.startswith("PASS") and line.split()[1] == name for line in proc.stdout.splitlines()), name
+    kept = list(logs.glob("pibuild-smoke-broken-*.log"))
+    assert len(kept) == 1 and str(kept[0]) in proc.stderr, "a failed run names and keeps its serial log"
+    assert "named.conf.options" in kept[0].read_text(errors="replace")
+
+
+# ---- the VM layer without booting ----------------------------------------------------------------------------
+
+@needs_root
+@needs_tools
+def test_debian_image_argv_and_overlay_only_login(example_image, tmp_path, clean_host):
+    before = sha256(example_image)
+    vm = qemu.Vm(example_image, tmp_path / "vm", tmp_path / "serial.log", name="argv-test")
+    try:
+        vm.prepare()
+        assert (vm.boot.mode, vm.boot.arch) == ("virt", "armhf")
+        assert vm.node.name == NODE and vm.node.address == "192.168.100.1/24" and vm.node.interface == "eth0"
+        argv = vm.argv
+        assert argv[0] == "qemu-system-arm"
+        assert argv[argv.index("-M") + 1] == "virt,highmem=off"
+        assert "virtio-blk-device,drive=disk0" in argv and any(a.startswith("virtio-net-device,") for a in argv)
+        assert not any("if=virtio" in a for a in argv), "armhf's non-LPAE kernel sees no PCI disk"
+        append = argv[argv.index("-append") + 1]
+        assert "console=ttyAMA0,115200" in append and "console=tty0" not in append
+        assert f"root=PARTUUID={read_layout(example_image).disk_id}-02" in append
+        info = subprocess.run(["qemu-img", "info", "--output=json", str(vm.overlay)], capture_output=True,
+                              text=True, check=True).stdout
+        assert str(example_image.resolve()) in info
+        # The overlay holds the autologin drop-in (it changed: it has allocated clusters of its own) ...
+        assert b"autologin root" in vm.overlay.read_bytes()
+    finally:
+        vm.stop()
+    # ... and the image does not.
+    assert sha256(example_image) == before
+    assert not vm.overlay.exists()
+
+
+def _fake_raspios(path: Path, arch: str) -> None:
+    """A Raspberry Pi OS-shaped image: kernel7/8.img and bcm27xx device trees in the FAT, an ARM dpkg in ext4."""
+    size_mib, boot = 80, (8192, 32768)
+    with open(path, "wb") as f:
+        f.truncate(size_mib << 20)
+    root_start = boot[0] + boot[1]
+    subprocess.run(["sfdisk", "-q", str(path)], check=True, text=True,
+                   input=f"label: dos\nlabel-id: 0x1234abcd\nstart={boot[0]}, size={boot[1]}, type=c\n"
+                         f"start={root_start}, type=83\n")
+    subprocess.run(["mkfs.vfat", "--offset", str(boot[0]), str(path), str(boot[1] // 2)], check=True,
+                   capture_output=True)
+    files = path.parent / f"fat-{arch}"
+    files.mkdir()
+    (files / "cmdline.txt").write_text("console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 "
+                                       "rootfstype=ext4 fsck.repair=yes rootwait quiet "
+                                       "init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
+    for name in ("kernel.img", "kernel7.img", "kernel7l.img", "kernel8.img", "bcm2709-rpi-2-b.dtb",
+                 "bcm2710-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "config.txt"):
+        (files / name).write_bytes(b"stub")
+    subprocess.run(["mcopy", "-i", f"{path}@@{boot[0] * 512}", *map(str, files.iterdir()), "::/"], check=True,
+                   env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    root = path.parent / f"root-{arch}"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    machine = {"armhf": 0x28, "arm64": 0xB7}[arch]
+    elf_class = 1 if arch == "armhf" else 2
+    header = b"\x7fELF" + bytes([elf_class, 1, 1]) + bytes(9) + (2).to_bytes(2, "little")
+    header += machine.to_bytes(2, "little")
+    (root / "usr/bin/dpkg").write_bytes(header + bytes(44))
+    (root / "etc/hostname").write_text("raspberrypi\n")
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-E", f"offset={root_start * 512}", "-d", str(root),
+                    str(path), f"{(size_mib << 10) - root_start // 2}k"], check=True)
+
+
+@needs_root
+@needs_tools
+@pytest.mark.parametrize("arch,machine,kernel,dtb", [
+    ("armhf", "raspi2b", "kernel7.img", "bcm2709-rpi-2-b.dtb"),
+    ("arm64", "raspi3b", "kernel8.img", "bcm2710-rpi-3-b.dtb"),
+])
+def test_raspios_image_uses_the_raspi_machine(tmp_path, clean_host, arch, machine, kernel, dtb):
+    image = tmp_path / "raspios.img"
+    _fake_raspios(image, arch)
+    before = sha256(image)
+    vm = qemu.Vm(image, tmp_path / "vm", tmp_path / "serial.log", name="raspi-test")
+    try:
+        vm.prepare()
+        assert (vm.boot.mode, vm.boot.arch, vm.boot.kernel, vm.boot.dtb) == ("raspi", arch, kernel, dtb)
+        argv = vm.argv
+        assert argv[argv.index("-M") + 1] == machine
+        assert argv[argv.index("-kernel") + 1].endswith(kernel) and argv[argv.index("-dtb") + 1].endswith(dtb)
+        assert any(a.startswith("if=sd,") for a in argv) and any(a.startswith("usb-net,") for a in argv)
+        append = argv[argv.index("-append") + 1]
+        assert "init=" not in append and "console=serial0" not in append and "console=ttyAMA0,115200" in append
+        info = subprocess.run(["qemu-img", "info", "--output=json", str(vm.overlay)], capture_output=True,
+                              text=True, check=True).stdout
+        virtual = int(info.split('"virtual-size":')[1].split(",")[0])
+        assert virtual >= image.stat().st_size and virtual & (virtual - 1) == 0, "the SD card is a power of two"
+    finally:
+        vm.stop()
+    assert sha256(image) == before
+
+
+def test_guest_cmdline():
+    line = "console=serial0,115200 console=tty1 root=PARTUUID=ab-02 rootwait init=/usr/lib/x/firstboot quiet"
+    assert qemu.guest_cmdline(line, "ttyAMA0", ("a=b",)) == \
+        "root=PARTUUID=ab-02 rootwait quiet console=ttyAMA0,115200 a=b"
