@@ -181,3 +181,56 @@ def test_drills_named_stop_and_node_poweroff_recover(lab_up):
     for r in rows:
         assert r["recovered"], r
         assert set(r) >= {"scenario", "vip", "outage_s", "recovered"}
+
+
+FAKE_DNS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+while True:
+    d, a = s.recvfrom(512)
+    s.sendto(d[:2] + b"\\x81\\x80\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x00" + d[12:]
+             + b"\\xc0\\x0c\\x00\\x01\\x00\\x01\\x00\\x00\\x00\\x3c\\x00\\x04\\x7f\\x00\\x00\\x01", a)
+"""
+
+
+@pytest.mark.netns
+def test_prober_in_a_namespace_measures_a_dns_outage(tmp_path):
+    """The lab's LAN and client for real: a DNS server on one VIP stops for a second; the other VIP never answers."""
+    import time
+
+    from builder import netns
+
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    ns = f"pibuild-test-{os.getpid()}"
+    server_py = tmp_path / "fakedns.py"
+    server_py.write_text(FAKE_DNS)
+    netns.create(ns, ["tap0"], ["10.99.0.254", "10.99.0.11"], 24)
+    server = prober = None
+    try:
+        serve = netns.exec_argv(ns, [sys.executable, str(server_py), "10.99.0.11"])
+        server = subprocess.Popen(serve)
+        time.sleep(0.5)
+        prober = subprocess.Popen(netns.exec_argv(ns, [sys.executable, "-m", "builder.probe", "10.99.0.11",
+                                                       "10.99.0.12"]), stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        event = time.time()
+        server.kill()
+        server.wait()
+        time.sleep(1.0)
+        server = subprocess.Popen(serve)
+        time.sleep(1.5)
+        prober.terminate()
+        samples = probe.parse_lines(prober.communicate()[0].splitlines())
+    finally:
+        for proc in (server, prober):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        netns.delete(ns)
+    assert not netns.exists(ns)
+    assert 25 <= len([s for s in samples if s.vip == "10.99.0.11"]) <= 45   # 10 Hz for ~3.5 s
+    up = probe.outage(samples, "10.99.0.11", event)
+    assert up.recovered and 0.9 <= up.outage_s <= 2.5
+    assert not probe.outage(samples, "10.99.0.12", event).recovered
