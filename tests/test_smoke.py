@@ -71,7 +71,7 @@ def clean_host(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def example_image(tmp_path_factory) -> Path:
+def example_image(tmp_path_factory):
     """The bundled example's dns-pm01, built once per session in a directory of its own."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -80,7 +80,8 @@ def example_image(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     image = work / "out" / IMAGE_NAME
     assert image.is_file()
-    return image
+    yield image
+    shutil.rmtree(work)  # 1.6 GB: not left to pytest's basetemp retention
 
 
 # ---- booting -------------------------------------------------------------------------------------------------
@@ -137,7 +138,10 @@ def test_broken_bind_config_fails_naming_named(example_image, tmp_path, clean_ho
     break_bind(broken)
     logs = tmp_path / "logs"
 
-    proc = run_pibuild("smoke", str(broken), "--log-dir", str(logs), timeout=1500)
+    try:
+        proc = run_pibuild("smoke", str(broken), "--log-dir", str(logs), timeout=1500)
+    finally:
+        broken.unlink()
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     named = [line for line in proc.stdout.splitlines() if line.split()[1:2] == ["named"]]
