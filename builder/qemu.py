@@ -313,23 +313,13 @@ def overlay_root(overlay: Path, layout: Layout, workdir: Path) -> Iterator[Path]
         with mounts.partition_mounted(raw, layout.root_offset, layout.root_size, workdir / "overlay-root") as root:
             yield root
     finally:
-        _stop_process(proc, grace=20)
+        tools.stop_process(proc, signal.SIGTERM, grace=20)
         if mounts.mounts_under(raw):
             subprocess.run(["umount", "--lazy", str(raw)], stderr=subprocess.DEVNULL)
         raw.unlink(missing_ok=True)
         errlog.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             (workdir / "overlay-root").rmdir()
-
-
-def _stop_process(proc: subprocess.Popen, grace: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---- the console ---------------------------------------------------------------------------------------------

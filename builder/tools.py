@@ -75,15 +75,22 @@ def run_interruptible(argv: Sequence[str], *, what: str, grace: float = 60.0) ->
     try:
         rc = proc.wait()
     except BaseException:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, grace)
         raise
     if rc != 0:
         raise PibuildError(f"{what} failed (exit {rc}); its messages are above")
+
+
+def stop_process(proc: subprocess.Popen, sig: int, grace: float) -> None:
+    """Ask a child to stop with sig, give it grace seconds to clean up, then kill it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def terminate_as_interrupt() -> None:
