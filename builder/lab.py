@@ -42,15 +42,6 @@ LOGIN_TIMEOUT = 300
 # Debian's kernel zeroes every page it allocates (init_on_alloc): emulated, that alone stalled the guests for
 # seconds at a time (soft lockups in virtio-net's buffer refill, systemd slow to answer systemctl).
 GUEST_CMDLINE = ("init_on_alloc=0",)
-# Emulated, systemd needs ~45 s for one `systemctl list-unit-files`, which pcsd runs for every service it checks,
-# so `pcs cluster setup` gives up on every node after its fixed 60 s per request (`--request-timeout` is refused
-# by `cluster setup` in pcs 0.11) and firstboot's retries fail the same way. The lab's nodes (only their running
-# copies, never the images) wait up to 15 minutes instead; on a Pi the 60 s are plenty.
-PCS_SETTINGS = "/usr/lib/python3/dist-packages/pcs/settings.py"
-PCS_PATIENCE = (f"sed -i 's/^default_request_timeout = 60$/default_request_timeout = 900/' {PCS_SETTINGS} "
-                f"&& grep -q '^default_request_timeout = 900$' {PCS_SETTINGS}")
-
-
 # ---- the lab's state on disk ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -136,7 +127,7 @@ def start_vm(lab: Lab, node: LabNode) -> None:
 
 def prepare_vm(lab: Lab, node: LabNode, image: Path) -> None:
     vm = qemu.Vm(image=image, workdir=node.dir, serial_log=node.log, name=node.name, tap=node.tap,
-                 memory_mb=MEMORY_MB, extra_cmdline=GUEST_CMDLINE)
+                 memory_mb=MEMORY_MB, extra_cmdline=GUEST_CMDLINE, emulation_kernel=True)
     vm.prepare()
     node.argv_file.write_text(json.dumps(daemon_argv(vm.argv, node)))
 
@@ -313,8 +304,6 @@ def up(lab: Lab, images: Path) -> float:
         say(f"{node.name}: QEMU started (pid {vm_pid(node)}), serial log {node.log}")
     wait_booted(lab, start)
     with consoles(lab) as cons:
-        for con in cons.values():
-            con.ok(PCS_PATIENCE)
         wait_formed(lab, cons, start)
     wait_vips(lab, start)
     took = time.monotonic() - start

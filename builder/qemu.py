@@ -27,6 +27,7 @@ Used by `pibuild smoke` (one node, an isolated user-mode network) and the lab (s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import pexpect
 
-from builder import mounts, tools
+from builder import emulation, mounts, tools
 from builder.errors import MissingTool, PibuildError
 from builder.image import Layout, read_layout
 from builder.releases import ARCHES
@@ -434,6 +435,8 @@ class Vm:
     # start timeout then fails units that are merely slow (pcsd took >90 s with three VMs on 2 cores). Raised on
     # the kernel command line only, never in the image; units with their own TimeoutStartSec= keep theirs.
     tcg_start_timeout: int | None = 600
+    # Boot a Debian armhf image with the LPAE build of its kernel under TCG (the lab; builder/emulation.py).
+    emulation_kernel: bool = False
 
     boot: Boot | None = field(default=None, init=False)
     node: Node | None = field(default=None, init=False)
@@ -467,11 +470,28 @@ class Vm:
                                    f"is {self.node.arch}")
             if self.autologin:
                 enable_root_autologin(root, ARCHES[boot.arch].console)
+            if self.emulation_kernel and boot.mode == "virt":
+                boot = self.emulation_boot(root, boot, layout)
         for name in (boot.kernel, boot.initrd, boot.dtb):
-            if name:
+            if name and not (self.workdir / name).exists():
                 fat_copy(self.image, layout, name, self.workdir / name)
         self.boot = boot
         self.argv = self.qemu_argv()
+
+    def emulation_boot(self, root: Path, boot: Boot, layout: Layout) -> Boot:
+        """The LPAE build of the image's kernel, its modules in the overlay, the image's initramfs extended."""
+        flavour = emulation.flavour_for(boot.arch, boot.kernel, self.accel or accel_for(boot.arch, boot.mode))
+        if flavour is None or not boot.initrd:
+            return boot
+        package = emulation.package_for(root, boot.kernel, flavour)
+        tree = emulation.fetch(package, emulation.apt_sources(root)) / "root"
+        emulation.install_modules(tree, package.abi, _inside(root, "/lib/modules"))
+        kernel, initrd = f"vmlinuz-{package.abi}", f"initrd.img-{package.abi}"
+        shutil.copy(tree / "boot" / kernel, self.workdir / kernel)
+        image_initrd = fat_copy(self.image, layout, boot.initrd, self.workdir / boot.initrd)
+        emulation.initramfs(image_initrd, tree, package.abi, self.workdir / initrd)
+        image_initrd.unlink()
+        return dataclasses.replace(boot, kernel=kernel, initrd=initrd)
 
     def qemu_argv(self) -> list[str]:
         boot = self.boot

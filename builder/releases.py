@@ -15,8 +15,9 @@ class PcsSyntax:
     destroy_confirm: tuple[str, ...]
     # `pcs resource defaults NAME=VALUE` is deprecated from 0.10.7 and gone in 0.12; `update` works on all three.
     resource_defaults: tuple[str, ...] = ("resource", "defaults", "update")
-    # `--group G` is deprecated in 0.12; the `group G` keyword works on all three.
-    group_keyword: tuple[str, ...] = ("group",)
+    # `resource create` puts a resource in a group with `--group G` up to 0.11 (0.11.5 reads a `group` word after
+    # `op` as another operation); 0.12 adds the `group G` keyword and deprecates `--group`.
+    group_keyword: tuple[str, ...] = ("--group",)
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ RELEASES: dict[str, Release] = {
         network_backend="networkmanager",
         components=("main", "non-free-firmware"),
         network_packages=("network-manager",),
-        pcs=PcsSyntax(version="0.12.0.2", destroy_confirm=("--yes",)),
+        pcs=PcsSyntax(version="0.12.0.2", destroy_confirm=("--yes",), group_keyword=("group",)),
         first_boot_hooks=("cloud-init",),
         bind_interface_scan="automatic-interface-scan yes;",
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
@@ -93,10 +94,13 @@ class Arch:
     qemu_disk_device: str = "virtio-blk-device"
     qemu_net_device: str = "virtio-net-device"
     console: str = "ttyAMA0"
+    # The kernel flavour the lab boots instead of the image's own under TCG (builder/emulation.py says why).
+    emulation_flavour: str | None = None
 
 
 ARCHES: dict[str, Arch] = {
-    "armhf": Arch("armhf", "linux-image-armmp", "qemu-system-arm", "cortex-a15", "qemu-arm"),
+    "armhf": Arch("armhf", "linux-image-armmp", "qemu-system-arm", "cortex-a15", "qemu-arm",
+                  emulation_flavour="armmp-lpae"),
     "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "cortex-a53", "qemu-aarch64"),
 }
 

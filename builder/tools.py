@@ -34,6 +34,11 @@ DEBIAN_PACKAGE = {
     "named-checkconf": "bind9-utils",
     "ip": "iproute2",
     "dig": "bind9-dnsutils",
+    "cpio": "cpio",
+    "depmod": "kmod",
+    "zstd": "zstd",
+    "apt-get": "apt",
+    "dpkg-deb": "dpkg",
 }
 
 
