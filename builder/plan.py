@@ -23,9 +23,10 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
     pcs = RELEASES[cluster.base.release].pcs
     pm = cluster.pacemaker
     monitor_timeout = f"{int(max(duration_seconds(pm.monitor_timeout), 1))}s"
+    # One pcs call per step where pcs takes several settings at once: each call costs seconds on a Pi.
     cmds: list[list[str]] = [
-        ["property", "set", f"stonith-enabled={str(pm.stonith_enabled).lower()}"],
-        ["property", "set", f"no-quorum-policy={pm.no_quorum_policy}"],
+        ["property", "set", f"stonith-enabled={str(pm.stonith_enabled).lower()}",
+         f"no-quorum-policy={pm.no_quorum_policy}"],
     ]
     defaults = [f"migration-threshold={pm.migration_threshold}"]
     if pm.failback == "auto":

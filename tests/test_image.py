@@ -174,6 +174,9 @@ def test_services_firstboot_enabled_default_cluster_kept_off(build):
         for unit in ("corosync.service", "pacemaker.service"):
             assert not (wants / unit).is_symlink(), f"{unit} must wait for firstboot"
             assert (root / "lib/systemd/system" / unit).is_file(), f"{unit} is installed"
+        # Debian's default one-node cluster is gone, so firstboot has nothing to `pcs cluster destroy`.
+        assert not (root / "etc/corosync/corosync.conf").exists()
+        assert not any((root / "var/lib/pacemaker/cib").glob("cib*"))
         assert (root / "etc/systemd/system/sysinit.target.wants/pibuild-expand-rootfs.service").is_symlink()
         assert os.readlink(root / "etc/systemd/system/userconfig.service") == "/dev/null"
         assert not (root / "usr/sbin/policy-rc.d").exists(), "the build chroot's policy must not ship"
@@ -304,3 +307,47 @@ def test_file_base_runs_the_stages_on_a_local_image(build, tmp_path):
     manifest = (tmp_path / "out/clst-64-dns-pm02.manifest").read_text()
     assert manifest == (build["out"] / "clst-64-dns-pm02.manifest").read_text()
     assert loop_devices() <= loops and mounts() <= mnts
+
+
+@contextlib.contextmanager
+def pcs_sandbox(root: Path):
+    """The read-only image root with a scratch /tmp, /proc and /dev: enough for `pcs -f FILE` and the agents."""
+    from builder import chroot
+    chroot.ensure_binfmt("arm64")
+    mounted = []
+    try:
+        for argv, target in ((["mount", "-t", "tmpfs", "tmpfs"], "tmp"), (["mount", "-t", "proc", "proc"], "proc"),
+                             (["mount", "--bind", "/dev"], "dev")):
+            subprocess.run([*argv, str(root / target)], check=True)
+            mounted.append(root / target)
+        yield root
+    finally:
+        for m in reversed(mounted):
+            subprocess.run(["umount", str(m)], check=False)
+
+
+def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
+    """Every `pcs -f` command firstboot will run, run by the image's own pcs on an empty CIB (under qemu-user):
+    pcs syntax differs between versions, and a recording fake cannot know which."""
+    with rootfs(image(build, "dns-pm01")) as root, pcs_sandbox(root):
+        plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())
+
+        def inside(*argv: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=600,
+                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+
+        empty = inside("cibadmin", "--empty")
+        assert empty.returncode == 0, empty.stderr
+        (root / "tmp/cib.xml").write_text(empty.stdout)
+        for command in plan["commands"]["cib"]:
+            proc = inside("pcs", "-f", "/tmp/cib.xml", *command)
+            assert proc.returncode == 0, f"pcs {' '.join(command)}: {proc.stderr}"
+        verify = inside("crm_verify", "--xml-file", "/tmp/cib.xml")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        cib = ET.fromstring((root / "tmp/cib.xml").read_text())
+    groups = {g.get("id"): [p.get("id") for p in g.findall("primitive")] for g in cib.iter("group")}
+    assert groups == {"rg-01": ["monitor-named1", "rs-vip-1"], "rg-02": ["monitor-named2", "rs-vip-2"]}
+    agents = {p.get("id"): (p.get("provider"), p.get("type")) for p in cib.iter("primitive")}
+    assert agents["monitor-named1"] == ("pibuild", "named2") and agents["rs-vip-1"] == ("heartbeat", "IPaddr2")
+    locations = {c.get("rsc") for c in cib.iter("rsc_location")}
+    assert locations == {"rs-vip-1", "rs-vip-2"}

@@ -1,6 +1,9 @@
 #!/bin/bash -e
-# Debian's pacemaker packages start a default one-node cluster ("debian", node1) at every boot. Keep it from
-# starting before firstboot replaces it: `pcs cluster setup --enable` turns these back on with the real cluster.
+# Debian's corosync package ships a default one-node cluster ("debian", node1). Remove its configuration here, so
+# no node ever starts it and firstboot has nothing to destroy: `pcs cluster destroy` costs 50-200 s on first boot under
+# QEMU and a minute on a Pi. dpkg keeps a deleted conffile deleted on upgrades.
+rm -f /etc/corosync/corosync.conf
+# Keep both services off until `pcs cluster setup --enable` turns them on with the real cluster.
 systemctl disable corosync.service pacemaker.service
 # pcsd carries `pcs host auth` and `cluster setup` between the nodes; BIND is owned by systemd, not Pacemaker.
 systemctl enable pcsd.service named.service
