@@ -104,8 +104,8 @@ class Pacemaker:
     # corosync's totem token (ms): how long a silent node takes to be declared lost (plus consensus, 1.2 × token).
     # pibuild's default fits a LAN; the seed ran corosync's 3000.
     token_ms: int = 1000
-    # Seconds the named2 monitor waits for BIND's answer (the agent's own default is 5): a frozen BIND is found
-    # within monitor_interval + query_timeout.
+    # Seconds the named2 monitor waits for each of BIND's answers (the agent's own default is 5): a frozen BIND
+    # is found within monitor_interval + 2 x query_timeout (two unanswered queries in a row).
     query_timeout: int = 2
     # named.service's stop tells Pacemaker at once (/usr/lib/pibuild/named-stopped) instead of waiting for the
     # next monitor. The seed had no such reaction.
@@ -467,9 +467,11 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
                   "must be 1 or more (the seed uses 1: fail over at the first failure)")
     if not 500 <= pm.token_ms <= 60000:
         r.problem("pacemaker.token_ms", pm.token_ms, "must be between 500 and 60000 milliseconds")
-    if not 1 <= pm.query_timeout < duration_seconds(pm.monitor_timeout):
+    # A monitor may send two queries (named2: one unanswered query is not a dead BIND); both must fit.
+    if not 1 <= pm.query_timeout <= duration_seconds(pm.monitor_timeout) / 3:
         r.problem("pacemaker.query_timeout", pm.query_timeout,
-                  f"must be at least 1 second and below monitor_timeout ({pm.monitor_timeout})")
+                  f"must be at least 1 second and at most a third of monitor_timeout ({pm.monitor_timeout}): "
+                  "a monitor may wait for two queries")
     if pm.stonith_enabled:
         r.problem("pacemaker.stonith_enabled", True,
                   "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "
