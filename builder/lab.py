@@ -576,23 +576,51 @@ class Drill:
     def observer(self, target: str) -> NodeConsole:
         return next(c for name, c in self.cons.items() if name != target)
 
-    def wait_healthy(self, timeout: float, since: float) -> bool:
+    def state(self, avoid: str | None = None) -> ClusterState | None:
+        """What Pacemaker says, asked on a node other than `avoid` (None while no node answers)."""
+        for name, con in self.cons.items():
+            if name == avoid:
+                continue
+            try:
+                return cluster_state(con)
+            except (PibuildError, ET.ParseError):
+                continue
+        return None
+
+    def wait_healthy(self, timeout: float, since: float, avoid: str | None = None) -> bool:
         """Every node online, every VIP home, every VIP answering."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            con = self.cons[self.lab.nodes[0].name]
-            try:
-                state = cluster_state(con)
-            except (PibuildError, ET.ParseError):
-                state = None
+            state = self.state(avoid)
             if state and healthy(self.lab, state) and self.settled(since):
                 return True
             time.sleep(2)
         return False
 
+    def wait_online(self, node: str, timeout: float) -> bool:
+        """Until `node` is back in the cluster, as another node sees it."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.state(avoid=node)
+            if state and node in state.online:
+                return True
+            time.sleep(2)
+        return False
+
+    def make_healthy(self, timeout: float) -> bool:
+        """A drill starts from a healthy cluster: with manual failback a VIP left elsewhere is sent home first."""
+        if self.wait_healthy(min(timeout, 30), time.time()):
+            return True
+        state = self.state()
+        if state and set(state.online) == {n.name for n in self.lab.nodes}:
+            self.failback()
+        return self.wait_healthy(timeout, time.time())
+
     def target(self) -> str:
         """The node that holds the first VIP."""
-        state = cluster_state(self.cons[self.lab.nodes[0].name])
+        state = self.state()
+        if state is None:
+            raise PibuildError("no node's Pacemaker answers: `pibuild lab status`")
         vip = self.lab.cluster.vips[0]
         return state.where.get(vip.name, vip.prefer[:1])[0]
 
@@ -606,8 +634,10 @@ class Drill:
         say(f"{scenario}: failed over; recovering {target}")
         recovery = time.time()
         self.recover(scenario, node)
-        self.failback()
-        ok = self.wait_healthy(RECOVERY_TIMEOUT, time.time())
+        # Failback (manual: the cleanup) once the node is back in the cluster, asked on a node that stayed up.
+        ok = self.wait_online(target, RECOVERY_TIMEOUT)
+        self.failback(via=self.observer(target).name)
+        ok = self.wait_healthy(RECOVERY_TIMEOUT, time.time(), avoid=target) and ok
         say(f"{scenario}: {'healthy again' if ok else 'NOT healthy again'} "
             f"({time.time() - recovery:.0f} s after the recovery began)")
         samples = self.samples(event)
@@ -645,10 +675,10 @@ class Drill:
         elif scenario == "link-down":
             netns.set_link(self.lab.ns, node.tap, up=True)
 
-    def failback(self) -> None:
+    def failback(self, via: str | None = None) -> None:
         """Per the configured policy: manual is the seed's `pcs resource cleanup`; auto waits for failure-timeout."""
         if self.lab.cluster.pacemaker.failback == "manual":
-            self.cons[self.lab.nodes[0].name].ok("crm_resource --cleanup", timeout=180)
+            self.cons[via or self.lab.nodes[0].name].ok("crm_resource --cleanup", timeout=180)
 
 
 def wait_login_prompt(node: LabNode, offset: int, timeout: float) -> None:
@@ -692,7 +722,7 @@ def drill(lab: Lab, scenarios: list[str], settings: list[Settings]) -> list[dict
             for s in settings:
                 apply_settings(lab, d.cons, s)
                 for scenario in scenarios:
-                    if not d.wait_healthy(RECOVERY_TIMEOUT, time.time()):
+                    if not d.make_healthy(RECOVERY_TIMEOUT):
                         raise PibuildError(f"the cluster is not healthy before {scenario}: `pibuild lab status`")
                     for row in d.run(scenario):
                         rows.append({**row, "settings": s.name})
