@@ -608,13 +608,16 @@ class Drill:
         return False
 
     def make_healthy(self, timeout: float) -> bool:
-        """A drill starts from a healthy cluster: with manual failback a VIP left elsewhere is sent home first."""
-        if self.wait_healthy(min(timeout, 30), time.time()):
-            return True
-        state = self.state()
-        if state and set(state.online) == {n.name for n in self.lab.nodes}:
-            self.failback()
-        return self.wait_healthy(timeout, time.time())
+        """A drill starts from a healthy, settled cluster: with manual failback a VIP left elsewhere is sent home
+        first, and no transition may still be running (new settings, a cleanup) when the event comes."""
+        if not self.wait_healthy(min(timeout, 30), time.time()):
+            state = self.state()
+            if state and set(state.online) == {n.name for n in self.lab.nodes}:
+                self.failback()
+            if not self.wait_healthy(timeout, time.time()):
+                return False
+        self.cons[self.lab.nodes[0].name].ok("crm_resource --wait", timeout=timeout)
+        return True
 
     def target(self) -> str:
         """The node that holds the first VIP."""
