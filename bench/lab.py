@@ -71,7 +71,7 @@ def main() -> int:
             for s in args.scenario:
                 drill += ["--scenario", s]
             proc = pibuild(*drill, cwd=work, capture=True)
-            rows = json.loads(proc.stdout[proc.stdout.index("["):]) if "[" in proc.stdout else []
+            rows = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else []
         finally:
             if not args.keep:
                 pibuild("-c", str(config), "lab", "down", cwd=work)

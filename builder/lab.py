@@ -104,7 +104,8 @@ def lab_for(cluster: Cluster) -> Lab:
 
 
 def say(message: str) -> None:
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {message}")
+    """Progress, timestamped, on stderr: stdout carries only results (`drill --json` is parsed)."""
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
 
 
 # ---- the VMs -------------------------------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_drills_named_stop_and_node_poweroff_recover(lab_up):
     proc = pibuild("lab", "drill", "--scenario", "named-stop", "--scenario", "node-poweroff", "--json",
                    cwd=lab_up, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    rows = json.loads(proc.stdout[proc.stdout.index("["):])
+    rows = json.loads(proc.stdout)   # only the JSON: progress goes to stderr
     print(lab.table(rows, ["config"]))
     assert {(r["scenario"], r["vip"]) for r in rows} == {
         (s, v) for s in ("named-stop", "node-poweroff") for v in ("192.168.100.11", "192.168.100.12")}
