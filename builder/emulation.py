@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -31,12 +30,13 @@ from builder.releases import ARCHES
 
 CACHE_KIND = "emulation-kernel"
 ARCHIVE_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-# initramfs compression, by the first bytes: how to unpack it (initramfs-tools' COMPRESS differs by release).
+# initramfs compression, by the first bytes: how to unpack it (initramfs-tools' COMPRESS differs by release);
+# None: a plain newc cpio archive.
 DECOMPRESS = {
     b"\x28\xb5\x2f\xfd": ["zstd", "-dcq"],
     b"\x1f\x8b": ["gzip", "-dc"],
     b"\xfd7zXZ\x00": ["xz", "-dc"],
-    b"070701": ["cat"],
+    b"070701": None,
 }
 
 
@@ -142,16 +142,15 @@ def initramfs(image_initrd: Path, kernel_tree: Path, abi: str, dest: Path) -> Pa
     Written uncompressed: the emulated kernel would spend seconds unpacking it.
     """
     tools.require("cpio", "depmod")
-    with open(image_initrd, "rb") as f:
-        head = f.read(6)
-    unpack = next((argv for magic, argv in DECOMPRESS.items() if head.startswith(magic)), None)
-    if unpack is None:
-        raise PibuildError(f"{image_initrd}: unknown initramfs compression (starts with {head.hex()})")
+    data = image_initrd.read_bytes()
+    magic = next((m for m in DECOMPRESS if data.startswith(m)), None)
+    if magic is None:
+        raise PibuildError(f"{image_initrd}: unknown initramfs compression (starts with {data[:6].hex()})")
+    if DECOMPRESS[magic]:
+        data = tools.run(DECOMPRESS[magic], input=data, capture=True).stdout
     modules_dir = kernel_tree / "lib/modules" / abi
     with tempfile.TemporaryDirectory(prefix="pibuild-initrd-", dir=dest.parent) as tmp:
         tree = Path(tmp)
-        with open(image_initrd, "rb") as src:
-            data = subprocess.run([*unpack], stdin=src, stdout=subprocess.PIPE, check=True).stdout
         tools.run(["cpio", "-id", "--quiet", "--no-absolute-filenames"], input=data, cwd=tree)
         # Merged /usr from bookworm on; bullseye's initramfs has a real /lib.
         image_modules = next(p for p in (tree / "usr/lib/modules", tree / "lib/modules") if p.is_dir())
@@ -165,9 +164,8 @@ def initramfs(image_initrd: Path, kernel_tree: Path, abi: str, dest: Path) -> Pa
             if (modules_dir / name).is_file():
                 shutil.copy2(modules_dir / name, target / name)
         tools.run(["depmod", "-b", str(image_modules.parent.parent), abi])
-        names = subprocess.run(["find", "."], cwd=tree, stdout=subprocess.PIPE, check=True).stdout
-        with open(dest, "wb") as out:
-            subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names, cwd=tree, stdout=out, check=True)
+        names = tools.run(["find", "."], capture=True, cwd=tree).stdout
+        dest.write_bytes(tools.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names, capture=True, cwd=tree).stdout)
     return dest
 
 

@@ -1,7 +1,7 @@
 #!/bin/bash -e
 # Debian's corosync package ships a default one-node cluster ("debian", node1). Remove its configuration here, so
-# no node ever starts it and firstboot has nothing to destroy: `pcs cluster destroy` costs 50-200 s on first boot under
-# QEMU and a minute on a Pi. dpkg keeps a deleted conffile deleted on upgrades.
+# no node ever starts it and firstboot has nothing to destroy (`pcs cluster destroy` took 50-210 s of the first
+# boot under QEMU). dpkg keeps a deleted conffile deleted on upgrades.
 rm -f /etc/corosync/corosync.conf
 # Keep both services off until `pcs cluster setup --enable` turns them on with the real cluster.
 systemctl disable corosync.service pacemaker.service
