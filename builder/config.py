@@ -19,6 +19,10 @@ from builder.releases import ARCHES, MODELS, RELEASES
 SOURCES = ("raspios", "file", "debian")
 NO_QUORUM_POLICIES = ("ignore", "stop", "freeze", "demote", "suicide")
 FAILBACK = ("manual", "auto")
+LAYOUTS = ("clone", "group")
+# layout clone: the named2 primitive and the clone pcs makes of it (pcs names a clone "<primitive>-clone").
+CLONE_MONITOR = "named-monitor"
+CLONE_MONITOR_IDS = (CLONE_MONITOR, f"{CLONE_MONITOR}-clone")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -110,6 +114,11 @@ class Pacemaker:
     # named.service's stop tells Pacemaker at once (/usr/lib/pibuild/named-stopped) instead of waiting for the
     # next monitor. The seed had no such reaction.
     react_to_named_stop: bool = True
+    # How BIND's health and the floating addresses are tied (builder/plan.py):
+    #   clone: one named2 monitor runs on every node (a clone); each VIP may run only where it reports BIND
+    #          serving, so a failover moves the address alone (pibuild's default);
+    #   group: the seed's, one group per VIP of its own named2 monitor and the address, which move together.
+    layout: str = "clone"
 
 
 @dataclass(frozen=True)
@@ -158,7 +167,7 @@ KNOWN_KEYS = {
     "vip": ("name", "address", "prefer", "group", "monitor"),
     "pacemaker": ("stonith_enabled", "no_quorum_policy", "migration_threshold", "monitor_interval", "monitor_timeout",
                   "failback", "failure_timeout", "named_user", "monitor_request", "token_ms",
-                  "query_timeout", "react_to_named_stop"),
+                  "query_timeout", "react_to_named_stop", "layout"),
     "dns": ("allow_recursion",),
 }
 
@@ -439,6 +448,10 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     ids = [(f"vips[{i}].{k}", ident) for i, v in enumerate(vips) for k, ident in
            (("name", v.name), ("group", v.group), ("monitor", v.monitor))]
     _unique(r, "vips", "name, group or monitor", ids)
+    for key, ident in ids:
+        if ident in CLONE_MONITOR_IDS:
+            r.problem(key, ident, f"is the id of pibuild's cloned BIND monitor ({', '.join(CLONE_MONITOR_IDS)}); "
+                                  "choose another name")
 
     # pacemaker
     sec = r.section(data, "pacemaker", "pacemaker", required=False)
@@ -456,6 +469,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         token_ms=r.get(sec, "pacemaker", "token_ms", int, d.token_ms),
         query_timeout=r.get(sec, "pacemaker", "query_timeout", int, d.query_timeout),
         react_to_named_stop=r.get(sec, "pacemaker", "react_to_named_stop", bool, d.react_to_named_stop),
+        layout=r.choice(sec, "pacemaker", "layout", LAYOUTS, d.layout),
     )
     if not USER_RE.match(pm.named_user):
         r.problem("pacemaker.named_user", pm.named_user, "must be the user BIND runs as (Debian's is 'bind')")

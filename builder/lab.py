@@ -27,7 +27,7 @@ import click
 import pexpect
 import pexpect.fdpexpect
 
-from builder import netns, probe, qemu, tools
+from builder import netns, plan, probe, qemu, tools
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
 
@@ -522,10 +522,10 @@ def settings_of(cluster: Cluster, name: str = "config") -> Settings:
 def apply_settings(lab: Lab, cons: dict[str, NodeConsole], s: Settings) -> None:
     """Reconfigure the running cluster: named2's monitor and query timeout, the reaction switch, corosync's token."""
     first = cons[lab.nodes[0].name]
-    for vip in lab.cluster.vips:
-        first.ok(f"crm_resource --resource {vip.monitor} --set-parameter query_timeout "
+    for monitor in plan.monitor_resources(lab.cluster):
+        first.ok(f"crm_resource --resource {monitor} --set-parameter query_timeout "
                  f"--parameter-value {s.query_timeout}")
-        xml = first.ok(f"cibadmin --query --xpath \"//primitive[@id='{vip.monitor}']/operations/op[@name='monitor']\"")
+        xml = first.ok(f"cibadmin --query --xpath \"//primitive[@id='{monitor}']/operations/op[@name='monitor']\"")
         op_id = ET.fromstring(xml[xml.find("<"):]).get("id")
         first.ok(f"cibadmin --modify --xml-text '<op id=\"{op_id}\" interval=\"{s.monitor_interval}\"/>'")
     react = "yes" if s.react_to_named_stop else "no"

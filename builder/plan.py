@@ -6,7 +6,7 @@ and the firstboot script on the Pi only executes it.
 
 from __future__ import annotations
 
-from builder.config import Cluster, duration_seconds
+from builder.config import CLONE_MONITOR, CLONE_MONITOR_IDS, Cluster, duration_seconds
 from builder.releases import RELEASES
 
 PCSD_PORT = 2224
@@ -16,6 +16,16 @@ PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 NAMED2_AGENT = "ocf:pibuild:named2"
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5
+# How often IPaddr2 checks that a floating address is still configured: the seed's 10s whatever BIND's monitor
+# interval. Only a hand-deleted address fails it, and each IPaddr2 run costs most of a second on a Pi.
+ADDRESS_MONITOR_INTERVAL = "10s"
+
+
+def monitor_resources(cluster: Cluster) -> list[str]:
+    """The named2 primitives: the one cloned monitor, or one per VIP (the seed's groups)."""
+    if cluster.pacemaker.layout == "clone":
+        return [CLONE_MONITOR]
+    return [vip.monitor for vip in cluster.vips]
 
 
 def cib_commands(cluster: Cluster) -> list[list[str]]:
@@ -30,19 +40,38 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
     ]
     defaults = [f"migration-threshold={pm.migration_threshold}"]
     if pm.failback == "auto":
-        # The fail count expires, so the location scores pull the group home once BIND there answers again.
+        # The fail count expires, so the location scores pull the VIP home once BIND there answers again.
         defaults.append(f"failure-timeout={pm.failure_timeout}")
     cmds.append([*pcs.resource_defaults, *defaults])
     query = [] if pm.query_timeout == NAMED2_QUERY_TIMEOUT else [f"query_timeout={pm.query_timeout}"]
-    for vip in cluster.vips:
-        # The monitor first: the group brings the floating address up only where BIND answers.
-        cmds.append(["resource", "create", vip.monitor, NAMED2_AGENT, f"monitor_request={pm.monitor_request}",
-                     f"named_user={pm.named_user}", "named=/usr/sbin/named", *query,
-                     "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}",
-                     *pcs.group_keyword, vip.group])
-        cmds.append(["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
-                     f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
-                     "op", "monitor", f"interval={pm.monitor_interval}", *pcs.group_keyword, vip.group])
+
+    def named2(rid: str) -> list[str]:
+        return ["resource", "create", rid, NAMED2_AGENT, f"monitor_request={pm.monitor_request}",
+                f"named_user={pm.named_user}", "named=/usr/sbin/named", *query,
+                "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}"]
+
+    def vip_address(vip) -> list[str]:
+        return ["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
+                f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
+                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}"]
+
+    if pm.layout == "clone":
+        # BIND is watched on every node all the time, so a failover only moves an address: no monitor has to
+        # start (and wait for BIND) on the node taking over.
+        clone = CLONE_MONITOR_IDS[1]
+        cmds.append([*named2(CLONE_MONITOR), "clone"])
+        for vip in cluster.vips:
+            cmds.append(vip_address(vip))
+            # Only where the monitor runs, i.e. where BIND answered; a failed monitor sends the address away.
+            cmds.append(["constraint", "colocation", "add", vip.name, "with", clone, "INFINITY"])
+            # When both start together (boot, failback) the address waits for BIND's first answer. Optional: a
+            # monitor failing elsewhere must not restart the address.
+            cmds.append(["constraint", "order", "start", clone, "then", "start", vip.name, "kind=Optional"])
+    else:
+        for vip in cluster.vips:
+            # The monitor first: the group brings the floating address up only where BIND answers.
+            cmds.append([*named2(vip.monitor), *pcs.group_keyword, vip.group])
+            cmds.append([*vip_address(vip), *pcs.group_keyword, vip.group])
     for vip in cluster.vips:
         cmds.append(["constraint", "location", vip.name, "prefers",
                      *[f"{node}={score}" for node, score in vip.scores()]])
@@ -64,7 +93,7 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
         "initiator": initiator.name,
         "is_initiator": node.name == initiator.name,
         "nodes": [{"name": n.name, "address": n.address} for n in cluster.nodes],
-        "resources": [rid for v in cluster.vips for rid in (v.name, v.monitor)],
+        "resources": [*(v.name for v in cluster.vips), *monitor_resources(cluster)],
         "pcsd_port": PCSD_PORT,
         "password_file": PASSWORD_PATH,
         "state_dir": STATE_DIR,

@@ -122,7 +122,9 @@ class Bind:
         return self.proc.pid
 
     def params(self, **params: str) -> dict:
-        return {**SEED_PARAMS, "named_pidfile": str(self.pidfile), **params}
+        # The stop marker under the test's own directory: never the host's /run/pibuild.
+        return {**SEED_PARAMS, "named_pidfile": str(self.pidfile),
+                "stop_marker": str(self.workdir / "named-stopped"), **params}
 
     def agent(self, action: str, **params: str) -> Result:
         return run_agent(action, self.rsctmp, self.ns, **self.params(**params))
@@ -236,6 +238,8 @@ def test_meta_data_is_valid_against_ra_api_dtd(tmp_path):
         "monitor_ip": "127.0.0.1",
         "monitor_response": "",
         "query_timeout": "5",
+        # What pibuild's named.service drop-in and /usr/lib/pibuild/named-stopped use.
+        "stop_marker": "/run/pibuild/named-stopped",
     }
     actions = {a.get("name") for a in root.iter("action")}
     assert {"start", "stop", "monitor", "reload", "meta-data", "validate-all"} <= actions
@@ -401,3 +405,21 @@ def test_start_waits_for_bind_to_answer(bind_ns):
     r = bind_ns.agent("start", query_timeout="1", CRM_meta_timeout="6000")
     assert r.rc == OCF_ERR_GENERIC, r.stderr
     assert r.seconds < 6, r.seconds  # gave up inside the start timeout
+
+
+@pytest.mark.netns
+def test_start_fails_at_once_after_a_deliberate_stop(bind_ns):
+    """pibuild's ExecStopPost leaves the stop marker: start does not wait out its timeout for a BIND that systemd
+    stopped (it did, 20 s, before the floating address could move on)."""
+    bind_ns.signal(signal.SIGKILL)
+    bind_ns.proc.wait(timeout=10)
+    marker = bind_ns.workdir / "named-stopped"
+    marker.touch()
+    r = bind_ns.agent("start", CRM_meta_timeout="20000")
+    assert r.rc == OCF_ERR_GENERIC and "was stopped" in r.stderr, r.stderr
+    assert r.seconds < 3, r.seconds
+    assert not (bind_ns.rsctmp / "named2-mon.state").exists()
+    # Without the marker (a boot: /run is empty) start keeps waiting for BIND, as before.
+    marker.unlink()
+    r = bind_ns.agent("start", query_timeout="1", CRM_meta_timeout="6000")
+    assert r.rc == OCF_ERR_GENERIC and r.seconds >= 2, (r.rc, r.seconds)

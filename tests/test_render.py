@@ -71,6 +71,25 @@ SEED_CIB = [
 ]
 
 
+# pibuild's default layout for the example: one cloned named2 monitor, each address colocated with it.
+CLONE_CIB = [
+    ["property", "set", "stonith-enabled=false", "no-quorum-policy=ignore"],
+    ["resource", "defaults", "update", "migration-threshold=1"],
+    ["resource", "create", "named-monitor", "ocf:pibuild:named2", "monitor_request=localhost", "named_user=bind",
+     "named=/usr/sbin/named", "op", "monitor", "interval=10s", "timeout=20s", "clone"],
+    ["resource", "create", "rs-vip-1", "ocf:heartbeat:IPaddr2", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
+     "op", "monitor", "interval=10s"],
+    ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "INFINITY"],
+    ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-1", "kind=Optional"],
+    ["resource", "create", "rs-vip-2", "ocf:heartbeat:IPaddr2", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
+     "op", "monitor", "interval=10s"],
+    ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "INFINITY"],
+    ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-2", "kind=Optional"],
+    ["constraint", "location", "rs-vip-1", "prefers", "dns-pm01=200", "dns-pm02=100"],
+    ["constraint", "location", "rs-vip-2", "prefers", "dns-pm02=200", "dns-pm01=100"],
+]
+
+
 def example_data(release: str = "bookworm") -> dict:
     data = yaml.safe_load(EXAMPLE.read_text())
     data["base"]["release"] = release
@@ -153,7 +172,7 @@ def test_the_files_each_node_receives(rendered):
 
 def test_modes(rendered):
     private = {NM_KEYFILE, SECRET}
-    executable = {NAMED2, FIRSTBOOT_SCRIPT, "usr/lib/pibuild/named-stopped"}
+    executable = {NAMED2, FIRSTBOOT_SCRIPT, "usr/lib/pibuild/named-stopped", "usr/lib/pibuild/named-handoff"}
     for tree in rendered.trees.values():
         for f in tree_files(tree):
             path = tree / f
@@ -367,7 +386,7 @@ def test_firstboot_unit_passes_systemd_analyze_verify(rendered, tmp_path):
     assert "pibuild-firstboot" not in verify.stderr, verify.stderr
 
 
-def test_firstboot_plan_is_the_seeds_cluster(rendered):
+def test_firstboot_plan_forms_the_example_cluster(rendered):
     pcs_version = {"bullseye": "0.10", "bookworm": "0.11", "trixie": "0.12"}[rendered.release]
     for node, tree in rendered.trees.items():
         assert mode(tree / FIRSTBOOT_JSON) == 0o644
@@ -377,7 +396,7 @@ def test_firstboot_plan_is_the_seeds_cluster(rendered):
         assert p["initiator"] == "dns-pm01"
         assert p["is_initiator"] is (node == "dns-pm01")
         assert p["nodes"] == [{"name": n, "address": a} for n, a in NODES.items()]
-        assert p["resources"] == ["rs-vip-1", "monitor-named1", "rs-vip-2", "monitor-named2"]
+        assert p["resources"] == ["rs-vip-1", "rs-vip-2", "named-monitor"]
         assert p["pcs_version"].startswith(pcs_version + ".")
         assert p["password_file"] == "/" + SECRET
         commands = p["commands"]
@@ -386,22 +405,35 @@ def test_firstboot_plan_is_the_seeds_cluster(rendered):
         assert commands["setup"][:8] == ["pcs", "cluster", "setup", "clst-01", "dns-pm01", "addr=192.168.100.1",
                                          "dns-pm02", "addr=192.168.100.2"]
         assert "--start" in commands["setup"] and "--enable" in commands["setup"]
-        assert commands["cib"] == seed_cib(rendered.release)
+        assert commands["cib"] == CLONE_CIB
 
 
-def test_every_cib_command_is_in_the_seed(rendered):
-    """The seed's facts, each found in the cib commands (independently of their order)."""
-    p = json.loads((rendered.trees["dns-pm01"] / FIRSTBOOT_JSON).read_text())
+@pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
+def test_layout_group_is_the_seeds_cib(release, tmp_path):
+    data = example_data(release)
+    data["pacemaker"]["layout"] = "group"
+    tree = render_tree(data, tmp_path)
+    p = json.loads((tree / FIRSTBOOT_JSON).read_text())
+    assert p["commands"]["cib"] == seed_cib(release)
+    assert p["resources"] == ["rs-vip-1", "rs-vip-2", "monitor-named1", "monitor-named2"]
+
+
+@pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
+def test_every_cib_command_is_in_the_seed(release, tmp_path):
+    """The seed's facts, each found in the cib commands of layout group (independently of their order)."""
+    data = example_data(release)
+    data["pacemaker"]["layout"] = "group"
+    p = json.loads((render_tree(data, tmp_path) / FIRSTBOOT_JSON).read_text())
     cib = [" ".join(c) for c in p["commands"]["cib"]]
     for vip, address, group, monitor in (("rs-vip-1", "192.168.100.11", "rg-01", "monitor-named1"),
                                          ("rs-vip-2", "192.168.100.12", "rg-02", "monitor-named2")):
         (create,) = [c for c in cib if c.startswith(f"resource create {vip} ")]
         assert f"ocf:heartbeat:IPaddr2 ip={address} cidr_netmask=24 nic=eth0" in create
-        assert create.endswith(f" {GROUP_WORD[rendered.release]} {group}")
+        assert create.endswith(f" {GROUP_WORD[release]} {group}")
         (mon,) = [c for c in cib if c.startswith(f"resource create {monitor} ")]
         assert "ocf:pibuild:named2 monitor_request=localhost named_user=bind named=/usr/sbin/named" in mon
         assert "op monitor interval=10s" in mon
-        assert mon.endswith(f" {GROUP_WORD[rendered.release]} {group}")
+        assert mon.endswith(f" {GROUP_WORD[release]} {group}")
     assert "constraint location rs-vip-1 prefers dns-pm01=200 dns-pm02=100" in cib
     assert "constraint location rs-vip-2 prefers dns-pm02=200 dns-pm01=100" in cib
     assert "resource defaults update migration-threshold=1" in cib
@@ -491,8 +523,8 @@ def test_failback_auto_adds_failure_timeout(tmp_path, release):
     cib = json.loads((tree / FIRSTBOOT_JSON).read_text())["commands"]["cib"]
     defaults = [c for c in cib if c[:2] == ["resource", "defaults"]]
     assert defaults == [["resource", "defaults", "update", "migration-threshold=1", "failure-timeout=2min"]]
-    # Everything else is the seed's.
-    assert [c for c in cib if c[:2] != ["resource", "defaults"]] == [c for c in seed_cib(release) if c[1] != "defaults"]
+    # Everything else is as without it.
+    assert [c for c in cib if c[:2] != ["resource", "defaults"]] == [c for c in CLONE_CIB if c[1] != "defaults"]
 
 
 def test_render_of_another_cluster(tmp_path):
@@ -521,9 +553,9 @@ def test_render_of_another_cluster(tmp_path):
     assert ["constraint", "location", "vip-a", "prefers", "ns2=300", "ns1=200", "ns3=100"] in cib
     (vip,) = [c for c in cib if c[:3] == ["resource", "create", "vip-a"]]
     assert vip[3:7] == ["ocf:heartbeat:IPaddr2", "ip=10.20.2.1", "cidr_netmask=16", "nic=end0"]
-    assert vip[-2:] == ["group", "rg-01"]   # trixie: pcs 0.12
-    (mon,) = [c for c in cib if c[:3] == ["resource", "create", "monitor-named1"]]
-    assert "monitor_request=example.lan" in mon and "interval=5s" in mon
+    assert ["constraint", "colocation", "add", "vip-a", "with", "named-monitor-clone", "INFINITY"] in cib
+    (mon,) = [c for c in cib if c[:3] == ["resource", "create", "named-monitor"]]
+    assert "monitor_request=example.lan" in mon and "interval=5s" in mon and mon[-1] == "clone"
     assert p["commands"]["setup"][3:10] == ["lab-7", "ns1", "addr=10.20.1.1", "ns2", "addr=10.20.1.2", "ns3",
                                             "addr=10.20.1.3"]
     checked_named_conf(tree / NAMED_OPTIONS, tmp_path)
@@ -563,3 +595,28 @@ def test_rerender_over_an_existing_tree(tmp_path):
 def test_plan_password_path_matches_render():
     assert plan.PASSWORD_PATH == "/" + SECRET
     assert plan.CONFIG_PATH == "/" + FIRSTBOOT_JSON
+
+
+def test_bind_stop_hooks_agree(rendered):
+    """named.service's drop-in, the handoff unit, named-stopped and the named2 agent name the same files."""
+    tree = rendered.trees["dns-pm01"]
+
+    def unit(rel: str) -> configparser.ConfigParser:
+        parsed = configparser.ConfigParser(interpolation=None, strict=False)
+        parsed.optionxform = str
+        parsed.read_string((tree / rel).read_text())
+        return parsed
+
+    dropin = unit("etc/systemd/system/named.service.d/pibuild-failover.conf")
+    handoff = unit("etc/systemd/system/pibuild-named-handoff.service")
+    marker = "/run/pibuild/named-stopped"
+    assert dropin["Service"]["ExecStartPre"] == f"-/bin/rm -f {marker}"
+    assert dropin["Service"]["ExecStopPost"] == "-/usr/lib/pibuild/named-stopped"
+    assert f": >{marker}" in (tree / "usr/lib/pibuild/named-stopped").read_text()
+    assert f'OCF_RESKEY_stop_marker_default="{marker}"' in (tree / NAMED2).read_text()
+    # The handoff stops before named (After= reverses for stop jobs) whenever named stops, and starts with it.
+    assert dropin["Unit"]["Wants"] == "pibuild-named-handoff.service"
+    assert (handoff["Unit"]["After"], handoff["Unit"]["PartOf"]) == ("named.service", "named.service")
+    assert handoff["Service"]["ExecStop"] == "-/usr/lib/pibuild/named-handoff"
+    assert (tree / "etc/pibuild/floating-addresses").read_text().split() == ["192.168.100.11", "192.168.100.12"]
+    assert "/etc/pibuild/floating-addresses" in (tree / "usr/lib/pibuild/named-handoff").read_text()
