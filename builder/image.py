@@ -8,19 +8,20 @@ with `mke2fs -d` or through an offset loop device (no partition scanning either)
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from builder import __version__, base, cache, chroot, mounts, render, resources, secrets, stages, tools
+from builder import __version__, base, cache, chroot, cib, mounts, plan, render, resources, secrets, stages, tools
 from builder.config import Cluster
 from builder.errors import NeedsRoot, PibuildError
 from builder.releases import RELEASES
@@ -252,14 +253,17 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         if entry is None:
             entry = cluster_image(cluster)
         check_host()
-        build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name)
+        cib_configuration = functools.partial(cib.configuration, arch=cluster.base.arch,
+                                              commands=plan.cib_commands(cluster), cluster_key=key)
+        build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name, cib_configuration)
         stamp.write_text(node_key + "\n")
         click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
         built.append(final)
     return built
 
 
-def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, outdir: Path, name: str) -> None:
+def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, outdir: Path, name: str,
+               cib_configuration: Callable[[Path], bytes]) -> None:
     """Copy the cluster image, lay the node's files into it, then write the outputs under temporary names."""
     final = {s: outdir / f"{name}{s}" for s in (".img", ".img.sha256", ".img.bmap", ".manifest")}
     tmp = {s: outdir / f".{name}{s}.partial-{os.getpid()}" for s in final}
@@ -267,10 +271,15 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
         with phase(f"{name}: copy the cluster image"):
             tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
         layout = read_layout(tmp[".img"])
-        with phase(f"{name}: node files"), tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
+        with tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
                 mounts.partition_mounted(tmp[".img"], layout.root_offset, layout.root_size, Path(mnt)) as root:
-            render.write_tree(entries, root)
-            set_password_hash(root, "hacluster", hacluster_hash)
+            with phase(f"{name}: node files"):
+                render.write_tree(entries, root)
+                set_password_hash(root, "hacluster", hacluster_hash)
+            with phase(f"{name}: the cluster's CIB (the image's own pcs, cached)"):
+                target = root / cib.PATH_IN_IMAGE
+                target.write_bytes(cib_configuration(root))
+                target.chmod(0o644)
         with phase(f"{name}: block map and checksum"):
             tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
             tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")

@@ -190,6 +190,18 @@ def act(tool, args, stdin, state):
     if not state["running"]:
         return (102, "crm_mon: Error: cluster is not available on this node") if tool == "crm_mon" else \
             (107, "Could not connect to the CIB: Transport endpoint is not connected")
+    if tool == "cibadmin" and args[:3] == ["--replace", "--scope", "configuration"]:
+        pushed = read(args[args.index("--xml-file") + 1])
+        write(FAKE_DIR + "/pushed.xml", pushed)
+        state["resources"] = file_resources(FAKE_DIR + "/pushed.xml")
+        return 0, ""
+    if tool == "cibadmin" and args == ["--query", "--scope", "configuration"]:
+        # What Pacemaker writes itself once the cluster runs: the nodes and a few bootstrap options.
+        return 0, ('<configuration><crm_config><cluster_property_set id="cib-bootstrap-options">'
+                   '<nvpair id="cib-bootstrap-options-cluster-name" name="cluster-name" value="clst-01"/>'
+                   '<nvpair id="cib-bootstrap-options-stonith-enabled" name="stonith-enabled" value="true"/>'
+                   '</cluster_property_set></crm_config><nodes><node id="1" uname="dns-pm01"/></nodes>'
+                   + resources_xml(state["resources"]) + "<constraints/></configuration>")
     if tool == "cibadmin":
         return 0, resources_xml(state["resources"])
     nodes = "".join(f'<node name="{n}" id="{i}" online="{str(n not in state["offline"]).lower()}" type="member"/>'
@@ -529,6 +541,55 @@ def test_initiator_first_boot_runs_the_steps_in_order(node, release):
     node.assert_formed_and_done()
     assert "deleted the plaintext hacluster password" in run.output
     assert run.output.splitlines()[-1].startswith(f"cluster {p['cluster']} is formed")
+
+
+# The shape the image's pcs makes of the example's plan (builder/cib.py), trimmed to what the merge must handle.
+BUILT_CONFIGURATION = """<cib validate-with="pacemaker-3.9" epoch="12"><configuration>
+<crm_config><cluster_property_set id="cib-bootstrap-options">
+<nvpair id="cib-bootstrap-options-stonith-enabled" name="stonith-enabled" value="false"/>
+<nvpair id="cib-bootstrap-options-no-quorum-policy" name="no-quorum-policy" value="ignore"/>
+</cluster_property_set></crm_config>
+<nodes/>
+<resources>
+<clone id="named-monitor-clone"><primitive id="named-monitor" class="ocf" provider="pibuild" type="named2"/></clone>
+<primitive id="rs-vip-1" class="ocf" provider="heartbeat" type="IPaddr2"/>
+<primitive id="rs-vip-2" class="ocf" provider="heartbeat" type="IPaddr2"/>
+</resources>
+<constraints><rsc_colocation id="colocation-rs-vip-1" rsc="rs-vip-1" with-rsc="named-monitor-clone" score="INFINITY"/>
+</constraints>
+<rsc_defaults><meta_attributes id="build-resource-defaults">
+<nvpair id="build-resource-defaults-migration-threshold" name="migration-threshold" value="1"/>
+</meta_attributes></rsc_defaults>
+</configuration><status/></cib>"""
+
+
+def test_initiator_pushes_the_configuration_built_into_the_image(node):
+    """With /etc/pibuild/cib-configuration.xml (made at build time) no `pcs -f` runs on the Pi: one cibadmin
+    --replace of the live configuration, which keeps what Pacemaker wrote itself (nodes, cluster-name)."""
+    import xml.etree.ElementTree as ET
+    p = node.install(make_plan(example_data(), "dns-pm01"))
+    node.debian_default_cluster()
+    node.write("/etc/pibuild/cib-configuration.xml", BUILT_CONFIGURATION)
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    argvs = node.argvs()
+    assert not [a for a in argvs if a[:2] == ["pcs", "-f"] or a[:3] in (["pcs", "cluster", "cib"],
+                                                                         ["pcs", "cluster", "cib-push"])]
+    assert [a for a in argvs if "--replace" in a] == [
+        ["cibadmin", "--replace", "--scope", "configuration", "--xml-file", node.cib_file]]
+    assert argvs.index(p["commands"]["setup"]) < argvs.index(["cibadmin", "--query", "--scope", "configuration"])
+    node.assert_formed_and_done()
+    pushed = ET.parse(node.fake_dir / "pushed.xml").getroot()
+    assert pushed.tag == "configuration"
+    assert [n.get("uname") for n in pushed.iter("node")] == ["dns-pm01"]
+    props = {nv.get("name"): nv.get("value") for nv in pushed.iterfind("crm_config/cluster_property_set/nvpair")}
+    assert props == {"cluster-name": "clst-01", "stonith-enabled": "false", "no-quorum-policy": "ignore"}
+    assert [c.get("id") for c in pushed.find("resources")] == ["named-monitor-clone", "rs-vip-1", "rs-vip-2"]
+    assert pushed.find("constraints/rsc_colocation").get("with-rsc") == "named-monitor-clone"
+    assert pushed.find("rsc_defaults/meta_attributes/nvpair").get("name") == "migration-threshold"
+    assert len(pushed.findall("resources")) == 1 and len(pushed.findall("constraints")) == 1
 
 
 def test_password_only_on_stdin_never_in_argv_or_log(node):

@@ -327,10 +327,14 @@ def pcs_sandbox(root: Path):
 
 
 def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
-    """Every `pcs -f` command firstboot will run, run by the image's own pcs on an empty CIB (under qemu-user):
-    pcs syntax differs between versions, and a recording fake cannot know which."""
+    """Every `pcs -f` command of the plan, run by the image's own pcs on an empty CIB (under qemu-user): pcs syntax
+    differs between versions, and a recording fake cannot know which. The configuration the build shipped for
+    firstboot to push (/etc/pibuild/cib-configuration.xml) is exactly what these commands make."""
     with rootfs(image(build, "dns-pm01")) as root, pcs_sandbox(root):
         plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())
+        shipped_path = root / "etc/pibuild/cib-configuration.xml"
+        assert shipped_path.stat().st_mode & 0o777 == 0o644
+        shipped = ET.fromstring(shipped_path.read_text())
 
         def inside(*argv: str) -> subprocess.CompletedProcess:
             return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=600,
@@ -345,9 +349,18 @@ def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
         verify = inside("crm_verify", "--xml-file", "/tmp/cib.xml")
         assert verify.returncode == 0, verify.stdout + verify.stderr
         cib = ET.fromstring((root / "tmp/cib.xml").read_text())
-    groups = {g.get("id"): [p.get("id") for p in g.findall("primitive")] for g in cib.iter("group")}
-    assert groups == {"rg-01": ["monitor-named1", "rs-vip-1"], "rg-02": ["monitor-named2", "rs-vip-2"]}
-    agents = {p.get("id"): (p.get("provider"), p.get("type")) for p in cib.iter("primitive")}
-    assert agents["monitor-named1"] == ("pibuild", "named2") and agents["rs-vip-1"] == ("heartbeat", "IPaddr2")
+    for section in ("crm_config", "resources", "constraints", "rsc_defaults"):
+        made, built = (c.find(f"configuration/{section}") for c in (cib, shipped))
+        assert ET.tostring(built) == ET.tostring(made), section
+    # pibuild's layout: one cloned named2 monitor; each address colocated with it, after it, and at its place.
+    (clone,) = cib.iter("clone")
+    assert clone.get("id") == "named-monitor-clone"
+    assert [(p.get("id"), p.get("provider"), p.get("type")) for p in clone] == [("named-monitor", "pibuild", "named2")]
+    vips = {p.get("id"): p.get("type") for p in cib.find("configuration/resources").findall("primitive")}
+    assert vips == {"rs-vip-1": "IPaddr2", "rs-vip-2": "IPaddr2"}
+    colocations = {(c.get("rsc"), c.get("with-rsc"), c.get("score")) for c in cib.iter("rsc_colocation")}
+    assert colocations == {(v, "named-monitor-clone", "INFINITY") for v in vips}
+    orders = {(o.get("first"), o.get("then"), o.get("kind")) for o in cib.iter("rsc_order")}
+    assert orders == {("named-monitor-clone", v, "Optional") for v in vips}
     locations = {c.get("rsc") for c in cib.iter("rsc_location")}
     assert locations == {"rs-vip-1", "rs-vip-2"}
