@@ -4,7 +4,7 @@
 
 DIR holds the bundled example's images (`pibuild all -o DIR`). The lab boots them (`pibuild lab up`, timed), then
 `pibuild lab drill --compare-seed` runs every drill twice on the running cluster: with pibuild's own defaults (the
-example's cluster.yaml without its seed reaction keys: monitor 2s, query_timeout 2, token 1000 ms, named-stop
+example's cluster.yaml without its seed reaction keys: monitor 2s, query_timeout 3, token 1000 ms, named-stop
 reaction on) and with the seed's (monitor 10s, query_timeout 5, token 3000 ms, no reaction). Prints the machine,
 the lab-up time and the outage per scenario and VIP; the JSON goes to bench/lab-results.json. `lab down` at the end
 unless --keep.

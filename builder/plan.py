@@ -6,7 +6,7 @@ and the firstboot script on the Pi only executes it.
 
 from __future__ import annotations
 
-from builder.config import CLONE_MONITOR, CLONE_MONITOR_IDS, Cluster, duration_seconds
+from builder.config import ADDRESS_AGENTS, CLONE_MONITOR, CLONE_MONITOR_IDS, Cluster, duration_seconds
 from builder.releases import RELEASES
 
 PCSD_PORT = 2224
@@ -16,8 +16,8 @@ PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 NAMED2_AGENT = "ocf:pibuild:named2"
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5
-# How often IPaddr2 checks that a floating address is still configured: the seed's 10s whatever BIND's monitor
-# interval. Only a hand-deleted address fails it, and each IPaddr2 run costs most of a second on a Pi.
+# How often the address agent checks that a floating address is still configured: the seed's 10s whatever BIND's
+# monitor interval. Only a hand-deleted address fails it, and IPaddr2's monitor costs most of a second emulated.
 ADDRESS_MONITOR_INTERVAL = "10s"
 
 
@@ -51,7 +51,7 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
                 "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}"]
 
     def vip_address(vip) -> list[str]:
-        return ["resource", "create", vip.name, "ocf:heartbeat:IPaddr2", f"ip={vip.address}",
+        return ["resource", "create", vip.name, ADDRESS_AGENTS[pm.address_agent], f"ip={vip.address}",
                 f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
                 "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}"]
 

@@ -175,6 +175,7 @@ BAD = [
     ("vip-name-is-the-clone-monitor", {"vips[0].name": "named-monitor"}, "vips[0].name", "'named-monitor'"),
     ("vip-group-is-the-clone", {"vips[0].group": "named-monitor-clone"}, "vips[0].group", "'named-monitor-clone'"),
     ("unknown-layout", {"pacemaker.layout": "groups"}, "pacemaker.layout", "'groups'"),
+    ("unknown-address-agent", {"pacemaker.address_agent": "IPaddr"}, "pacemaker.address_agent", "'IPaddr'"),
     ("vips-empty", {"vips": []}, "vips", "[]"),
     ("vips-missing", {"vips": DELETE}, "vips", "missing"),
     ("hostname-underscore", {"nodes[0].name": "dns_pm01"}, "nodes[0].name", "'dns_pm01'"),

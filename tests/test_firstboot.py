@@ -552,8 +552,8 @@ BUILT_CONFIGURATION = """<cib validate-with="pacemaker-3.9" epoch="12"><configur
 <nodes/>
 <resources>
 <clone id="named-monitor-clone"><primitive id="named-monitor" class="ocf" provider="pibuild" type="named2"/></clone>
-<primitive id="rs-vip-1" class="ocf" provider="heartbeat" type="IPaddr2"/>
-<primitive id="rs-vip-2" class="ocf" provider="heartbeat" type="IPaddr2"/>
+<primitive id="rs-vip-1" class="ocf" provider="pibuild" type="vip"/>
+<primitive id="rs-vip-2" class="ocf" provider="pibuild" type="vip"/>
 </resources>
 <constraints><rsc_colocation id="colocation-rs-vip-1" rsc="rs-vip-1" with-rsc="named-monitor-clone" score="INFINITY"/>
 </constraints>

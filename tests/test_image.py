@@ -356,8 +356,9 @@ def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
     (clone,) = cib.iter("clone")
     assert clone.get("id") == "named-monitor-clone"
     assert [(p.get("id"), p.get("provider"), p.get("type")) for p in clone] == [("named-monitor", "pibuild", "named2")]
-    vips = {p.get("id"): p.get("type") for p in cib.find("configuration/resources").findall("primitive")}
-    assert vips == {"rs-vip-1": "IPaddr2", "rs-vip-2": "IPaddr2"}
+    vips = {p.get("id"): (p.get("provider"), p.get("type"))
+            for p in cib.find("configuration/resources").findall("primitive")}
+    assert vips == {"rs-vip-1": ("pibuild", "vip"), "rs-vip-2": ("pibuild", "vip")}
     colocations = {(c.get("rsc"), c.get("with-rsc"), c.get("score")) for c in cib.iter("rsc_colocation")}
     assert colocations == {(v, "named-monitor-clone", "INFINITY") for v in vips}
     orders = {(o.get("first"), o.get("then"), o.get("kind")) for o in cib.iter("rsc_order")}

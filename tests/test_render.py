@@ -77,11 +77,11 @@ CLONE_CIB = [
     ["resource", "defaults", "update", "migration-threshold=1"],
     ["resource", "create", "named-monitor", "ocf:pibuild:named2", "monitor_request=localhost", "named_user=bind",
      "named=/usr/sbin/named", "op", "monitor", "interval=10s", "timeout=20s", "clone"],
-    ["resource", "create", "rs-vip-1", "ocf:heartbeat:IPaddr2", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
+    ["resource", "create", "rs-vip-1", "ocf:pibuild:vip", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
      "op", "monitor", "interval=10s"],
     ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-1", "kind=Optional"],
-    ["resource", "create", "rs-vip-2", "ocf:heartbeat:IPaddr2", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
+    ["resource", "create", "rs-vip-2", "ocf:pibuild:vip", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
      "op", "monitor", "interval=10s"],
     ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-2", "kind=Optional"],
@@ -172,7 +172,8 @@ def test_the_files_each_node_receives(rendered):
 
 def test_modes(rendered):
     private = {NM_KEYFILE, SECRET}
-    executable = {NAMED2, FIRSTBOOT_SCRIPT, "usr/lib/pibuild/named-stopped", "usr/lib/pibuild/named-handoff"}
+    executable = {NAMED2, FIRSTBOOT_SCRIPT, "usr/lib/pibuild/named-stopped", "usr/lib/pibuild/named-handoff",
+                  "usr/lib/ocf/resource.d/pibuild/vip"}
     for tree in rendered.trees.values():
         for f in tree_files(tree):
             path = tree / f
@@ -411,7 +412,7 @@ def test_firstboot_plan_forms_the_example_cluster(rendered):
 @pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
 def test_layout_group_is_the_seeds_cib(release, tmp_path):
     data = example_data(release)
-    data["pacemaker"]["layout"] = "group"
+    data["pacemaker"].update(layout="group", address_agent="IPaddr2")
     tree = render_tree(data, tmp_path)
     p = json.loads((tree / FIRSTBOOT_JSON).read_text())
     assert p["commands"]["cib"] == seed_cib(release)
@@ -422,7 +423,7 @@ def test_layout_group_is_the_seeds_cib(release, tmp_path):
 def test_every_cib_command_is_in_the_seed(release, tmp_path):
     """The seed's facts, each found in the cib commands of layout group (independently of their order)."""
     data = example_data(release)
-    data["pacemaker"]["layout"] = "group"
+    data["pacemaker"].update(layout="group", address_agent="IPaddr2")
     p = json.loads((render_tree(data, tmp_path) / FIRSTBOOT_JSON).read_text())
     cib = [" ".join(c) for c in p["commands"]["cib"]]
     for vip, address, group, monitor in (("rs-vip-1", "192.168.100.11", "rg-01", "monitor-named1"),
@@ -552,7 +553,7 @@ def test_render_of_another_cluster(tmp_path):
     assert ["resource", "defaults", "update", "migration-threshold=2"] in cib
     assert ["constraint", "location", "vip-a", "prefers", "ns2=300", "ns1=200", "ns3=100"] in cib
     (vip,) = [c for c in cib if c[:3] == ["resource", "create", "vip-a"]]
-    assert vip[3:7] == ["ocf:heartbeat:IPaddr2", "ip=10.20.2.1", "cidr_netmask=16", "nic=end0"]
+    assert vip[3:7] == ["ocf:pibuild:vip", "ip=10.20.2.1", "cidr_netmask=16", "nic=end0"]
     assert ["constraint", "colocation", "add", "vip-a", "with", "named-monitor-clone", "INFINITY"] in cib
     (mon,) = [c for c in cib if c[:3] == ["resource", "create", "named-monitor"]]
     assert "monitor_request=example.lan" in mon and "interval=5s" in mon and mon[-1] == "clone"
