@@ -365,3 +365,22 @@ def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
     assert orders == {("named-monitor-clone", v, "Optional") for v in vips}
     locations = {c.get("rsc") for c in cib.iter("rsc_location")}
     assert locations == {"rs-vip-1", "rs-vip-2"}
+
+
+def test_a_cib_command_pcs_refuses_fails_cleanly(build, tmp_path):
+    """builder/cib.py on a node image: a command the image's pcs refuses is one PibuildError naming it, and the
+    chroot's mounts (proc, sys, dev, the tmpfs /tmp and schema copy) are all gone afterwards."""
+    from builder import cib, mounts
+    from builder import image as image_mod
+    from builder.errors import PibuildError
+    copy = tmp_path / "node.img"
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image(build, "dns-pm01")), str(copy)], check=True)
+    layout = image_mod.read_layout(copy)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with mounts.partition_mounted(copy, layout.root_offset, layout.root_size, mnt) as root:
+        with pytest.raises(PibuildError, match="resource create nope ocf:pibuild:no-such-agent") as failed:
+            cib.build(root, "arm64", [["resource", "create", "nope", "ocf:pibuild:no-such-agent"]])
+        assert "Traceback" not in str(failed.value)
+        assert mounts.mounts_under(root) == [str(root)], "only the partition itself is still mounted"
+        assert (root / "usr/share/pacemaker").is_dir() and any((root / "usr/share/pacemaker").iterdir())
