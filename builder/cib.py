@@ -57,12 +57,13 @@ def _inside(root: Path, *argv: str) -> str:
 
 def build(root: Path, arch: str, commands: list[list[str]]) -> bytes:
     """Run the plan's `pcs -f` commands with the image's pcs on an empty CIB; crm_verify must accept the result."""
+    scratch = root / SCRATCH.lstrip("/")
     with chroot.chroot(root, arch), _scratch(root):
-        (root / SCRATCH.lstrip("/")).write_text(_inside(root, "cibadmin", "--empty"))
+        scratch.write_text(_inside(root, "cibadmin", "--empty"))
         for command in commands:
             _inside(root, "pcs", "-f", SCRATCH, *command)
         _inside(root, "crm_verify", "--xml-file", SCRATCH)
-        return (root / SCRATCH.lstrip("/")).read_bytes()
+        return scratch.read_bytes()
 
 
 def configuration(root: Path, arch: str, commands: list[list[str]], cluster_key: str) -> bytes:

@@ -237,6 +237,9 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
     plans = {n: render.render_node(cluster, n, password) for n in nodes}
     outdir.mkdir(parents=True, exist_ok=True)
     key = cluster_key(cluster)
+    # The same for every node: built once (in the first node's image) and cached.
+    cib_configuration = functools.partial(cib.configuration, arch=cluster.base.arch,
+                                          commands=plan.cib_commands(cluster), cluster_key=key)
     built = []
     entry = None
     for n in nodes:
@@ -253,8 +256,6 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         if entry is None:
             entry = cluster_image(cluster)
         check_host()
-        cib_configuration = functools.partial(cib.configuration, arch=cluster.base.arch,
-                                              commands=plan.cib_commands(cluster), cluster_key=key)
         build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name, cib_configuration)
         stamp.write_text(node_key + "\n")
         click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
