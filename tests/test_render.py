@@ -613,7 +613,12 @@ def test_bind_stop_hooks_agree(rendered):
     marker = "/run/pibuild/named-stopped"
     assert dropin["Service"]["ExecStartPre"] == f"-/bin/rm -f {marker}"
     assert dropin["Service"]["ExecStopPost"] == "-/usr/lib/pibuild/named-stopped"
-    assert f": >{marker}" in (tree / "usr/lib/pibuild/named-stopped").read_text()
+    assert f": >{marker}" in (tree / "usr/lib/pibuild/named-hooks.sh").read_text()
+    for hook in ("named-stopped", "named-handoff"):  # both leave the marker, the handoff before anything else
+        text = (tree / "usr/lib/pibuild" / hook).read_text()
+        steps = [text.index(step) for step in (". /usr/lib/pibuild/named-hooks.sh", "\nmark_bind_stopped\n",
+                                                 "\nreaction_wanted || exit 0\n")]
+        assert steps == sorted(steps), hook
     assert f'OCF_RESKEY_stop_marker_default="{marker}"' in (tree / NAMED2).read_text()
     # The handoff stops before named (After= reverses for stop jobs) whenever named stops, and starts with it.
     assert dropin["Unit"]["Wants"] == "pibuild-named-handoff.service"

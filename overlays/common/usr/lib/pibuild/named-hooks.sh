@@ -1,5 +1,11 @@
 # named-hooks.sh: what named-handoff and named-stopped share. Sourced by both, not run.
 
+# BIND is stopping or stopped on purpose: the named2 agent's start fails at once while this marker exists, instead
+# of waiting for an answer (or succeeding on a BIND about to go). named.service's ExecStartPre removes it.
+mark_bind_stopped() {
+	mkdir -p /run/pibuild && : >/run/pibuild/named-stopped
+}
+
 # Should BIND's stop move its addresses? Not when pacemaker.react_to_named_stop is off
 # (/etc/pibuild/react-to-named-stop), and not while the system shuts down: Pacemaker moves the addresses
 # itself as it stops.
