@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,35 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_pibuild(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = False,
+def run_pibuild(*args, cwd: Path | None = None, env: dict | None = None, check: bool = False,
                 timeout: float = 3600) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess: real exit codes, real stderr."""
+    """The real CLI of the code under test in a subprocess (real exit codes, real stderr), never a `pibuild` that
+    PATH happens to find: a fresh machine has none outside .venv."""
+    args = tuple(map(str, args))
     proc = subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"pibuild {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_configure(config):
+    """Put a `pibuild` first on PATH that fails loudly, so a test that runs a bare `pibuild` fails on every machine,
+    not only on a fresh one where none is installed (issue 22). Tests use run_pibuild."""
+    shim_dir = Path(tempfile.mkdtemp(prefix="pibuild-test-path-"))
+    shim = shim_dir / "pibuild"
+    shim.write_text("#!/bin/sh\n"
+                    "echo 'tests must run the pibuild under test (conftest.run_pibuild), not one found on PATH' >&2\n"
+                    "exit 127\n")
+    shim.chmod(0o755)
+    os.environ["PATH"] = f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    config._pibuild_path_shim = shim_dir
+
+
+def pytest_unconfigure(config):
+    shim_dir = getattr(config, "_pibuild_path_shim", None)
+    if shim_dir is not None:
+        shutil.rmtree(shim_dir, ignore_errors=True)
 
 
 def loop_devices() -> set[str]:

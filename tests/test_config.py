@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from builder import config, resources
+from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -25,10 +26,6 @@ def example_data() -> dict:
     return yaml.safe_load(EXAMPLE.read_text())
 
 
-def pibuild(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 def edit(data: dict, path: str, value) -> None:

@@ -18,6 +18,7 @@ import yaml
 
 from builder import lab, probe, resources
 from builder.probe import Sample
+from conftest import run_pibuild as pibuild
 
 # ---- unit: outages from synthetic samples --------------------------------------------------------------------
 
@@ -107,9 +108,6 @@ def test_outage_table_side_by_side():
 EXAMPLE_IMAGES = ("clst-01-dns-pm01.img", "clst-01-dns-pm02.img")
 
 
-def pibuild(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "builder.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def namespaces() -> list[str]:

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from builder import config, export, image, render, resources, secrets, stages
+from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -132,8 +133,6 @@ def exported(request, tmp_path_factory) -> Exported:
     return exported_for(make(), node, tmp_path_factory.mktemp(request.param))
 
 
-def pibuild(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["pibuild", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def sourced(config_file: Path, *names: str, cwd: Path | None = None) -> dict[str, str]:

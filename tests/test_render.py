@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from builder import config, plan, render
+from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -96,10 +97,6 @@ def example_data(release: str = "bookworm") -> dict:
     return data
 
 
-def pibuild(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "builder.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def mode(path: Path) -> int:
