@@ -5,17 +5,15 @@ code, the message and the absence of a traceback are what a user would see.
 """
 
 import copy
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_pibuild as pibuild
 
 from builder import config, resources
-from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
