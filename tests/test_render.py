@@ -401,7 +401,12 @@ def test_firstboot_plan_forms_the_example_cluster(rendered):
         assert commands["auth"] == ["pcs", "host", "auth", "dns-pm01", "dns-pm02", "-u", "hacluster"]
         assert commands["setup"][:8] == ["pcs", "cluster", "setup", "clst-01", "dns-pm01", "addr=192.168.100.1",
                                          "dns-pm02", "addr=192.168.100.2"]
-        assert "--start" in commands["setup"] and "--enable" in commands["setup"]
+        # Local mode: the live setup's remote destroy, enable and start waited on pcs's fixed 60 s (issue 14).
+        assert commands["setup"][-3:] == ["--corosync_conf", p["staged_corosync_conf"], "--overwrite"]
+        assert not {"--start", "--enable"} & set(commands["setup"])
+        assert commands["authkey"] == ["pcs", "cluster", "authkey", "corosync", "/etc/corosync/authkey"]
+        assert commands["sync"] == ["pcs", "cluster", "sync"]
+        assert commands["start"] == ["systemctl", "enable", "--now", "corosync.service", "pacemaker.service"]
         assert commands["cib"] == CLONE_CIB
 
 
