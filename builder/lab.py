@@ -39,9 +39,6 @@ VIP_TIMEOUT = 180           # every VIP answering after the cluster formed
 MEMORY_MB = 768
 # A loaded host stalls the guests: `login` itself may time out (60 s) once before the autologin shell answers.
 LOGIN_TIMEOUT = 300
-# Debian's kernel zeroes every page it allocates (init_on_alloc): emulated, that alone stalled the guests for
-# seconds at a time (soft lockups in virtio-net's buffer refill, systemd slow to answer systemctl).
-GUEST_CMDLINE = ("init_on_alloc=0",)
 # ---- the lab's state on disk ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def start_vm(lab: Lab, node: LabNode) -> None:
 
 def prepare_vm(lab: Lab, node: LabNode, image: Path) -> None:
     vm = qemu.Vm(image=image, workdir=node.dir, serial_log=node.log, name=node.name, tap=node.tap,
-                 memory_mb=MEMORY_MB, extra_cmdline=GUEST_CMDLINE, emulation_kernel=True)
+                 memory_mb=MEMORY_MB, emulation_kernel=True)
     vm.prepare()
     node.argv_file.write_text(json.dumps(daemon_argv(vm.argv, node)))
 

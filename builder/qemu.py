@@ -437,6 +437,8 @@ class Vm:
     tcg_start_timeout: int | None = 600
     # Boot a Debian armhf image with the LPAE build of its kernel under TCG (the lab; builder/emulation.py).
     emulation_kernel: bool = False
+    # Add the arch's TCG-only kernel options (releases.Arch.tcg_cmdline); off only to measure what they save.
+    tcg_tuning: bool = True
 
     boot: Boot | None = field(default=None, init=False)
     node: Node | None = field(default=None, init=False)
@@ -510,6 +512,8 @@ class Vm:
         if boot.initrd:
             argv += ["-initrd", str(self.workdir / boot.initrd)]
         extra = self.extra_cmdline
+        if accel == "tcg" and self.tcg_tuning:
+            extra = (*arch.tcg_cmdline, *extra)
         if accel == "tcg" and self.tcg_start_timeout:
             extra = (f"systemd.default_timeout_start_sec={self.tcg_start_timeout}", *extra)
         argv += ["-append", guest_cmdline(boot.cmdline, arch.console, extra)]

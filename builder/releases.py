@@ -96,12 +96,20 @@ class Arch:
     console: str = "ttyAMA0"
     # The kernel flavour the lab boots instead of the image's own under TCG (builder/emulation.py says why).
     emulation_flavour: str | None = None
+    # Kernel command-line options for an emulated (TCG) boot only, never in the image: protections whose cost is
+    # small on a Pi but large under TCG (measured with bench/smoke.py, README "Emulated boots").
+    # init_on_alloc=0: Debian's kernels zero every page they allocate; emulated, that alone stalled guests for
+    #   seconds (soft lockups in virtio-net's buffer refill, systemd slow to answer systemctl).
+    # kpti=0, nokaslr (arm64): with KASLR, Debian's arm64 kernel unmaps itself at every return to user space
+    #   (page-table isolation) on any CPU, and TCG flushes its translations at every such switch.
+    tcg_cmdline: tuple[str, ...] = ()
 
 
 ARCHES: dict[str, Arch] = {
     "armhf": Arch("armhf", "linux-image-armmp", "qemu-system-arm", "cortex-a15", "qemu-arm",
-                  emulation_flavour="armmp-lpae"),
-    "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "cortex-a53", "qemu-aarch64"),
+                  emulation_flavour="armmp-lpae", tcg_cmdline=("init_on_alloc=0",)),
+    "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "cortex-a53", "qemu-aarch64",
+                  tcg_cmdline=("init_on_alloc=0", "kpti=0", "nokaslr")),
 }
 
 

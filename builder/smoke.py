@@ -279,7 +279,7 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = None, keep_log: bool = False,
           cpus: int = 1, emit: Callable[[Check], None] = lambda check: None,
-          progress: Callable[[str], None] = lambda message: None) -> SmokeReport:
+          progress: Callable[[str], None] = lambda message: None, tcg_tuning: bool = True) -> SmokeReport:
     """Boot image in QEMU (never writing it) and run every check. The serial log is kept when a check failed or
     keep_log is set, and deleted otherwise."""
     if os.geteuid() != 0:
@@ -293,7 +293,7 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
     serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report = SmokeReport(image=image, serial_log=serial_log)
     workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
-    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus)
+    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus, tcg_tuning=tcg_tuning)
     finished = False
     try:
         vm.prepare()

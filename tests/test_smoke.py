@@ -173,6 +173,7 @@ def test_debian_image_argv_and_overlay_only_login(example_image, tmp_path, clean
         assert not any("if=virtio" in a for a in argv), "armhf's non-LPAE kernel sees no PCI disk"
         append = argv[argv.index("-append") + 1]
         assert "console=ttyAMA0,115200" in append and "console=tty0" not in append
+        assert "init_on_alloc=0" in append.split(), "TCG-only: Debian's kernels zero every page they allocate"
         assert f"root=PARTUUID={read_layout(example_image).disk_id}-02" in append
         info = subprocess.run(["qemu-img", "info", "--output=json", str(vm.overlay)], capture_output=True,
                               text=True, check=True).stdout
@@ -240,6 +241,12 @@ def test_raspios_image_uses_the_raspi_machine(tmp_path, clean_host, arch, machin
         assert any(a.startswith("if=sd,") for a in argv) and any(a.startswith("usb-net,") for a in argv)
         append = argv[argv.index("-append") + 1]
         assert "init=" not in append and "console=serial0" not in append and "console=ttyAMA0,115200" in append
+        # TCG-only speed-ups on the emulated command line, never in the image's cmdline.txt (issue 14).
+        tuning = {"armhf": ["init_on_alloc=0"], "arm64": ["init_on_alloc=0", "kpti=0", "nokaslr"]}[arch]
+        assert all(option in append.split() for option in tuning)
+        untuned = qemu.Vm(image, tmp_path / "vm", tmp_path / "serial.log", name="raspi-test", tcg_tuning=False)
+        untuned.boot = vm.boot
+        assert not set(tuning) & set(untuned.qemu_argv()[untuned.qemu_argv().index("-append") + 1].split())
         info = subprocess.run(["qemu-img", "info", "--output=json", str(vm.overlay)], capture_output=True,
                               text=True, check=True).stdout
         virtual = int(info.split('"virtual-size":')[1].split(",")[0])
