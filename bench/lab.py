@@ -1,13 +1,14 @@
 """Failover outage, pibuild's defaults against the seed's settings, in the QEMU lab; and how long `lab up` takes.
 
-    python3 bench/lab.py --images DIR [--scenario named-stop ...] [--keep]
+    python3 bench/lab.py --images DIR [--config CLUSTER.yaml] [--scenario named-stop ...] [--no-seed] [--keep]
 
-DIR holds the bundled example's images (`pibuild all -o DIR`). The lab boots them (`pibuild lab up`, timed), then
-`pibuild lab drill --compare-seed` runs every drill twice on the running cluster: with pibuild's own defaults (the
-example's cluster.yaml without its seed reaction keys: monitor 2s, query_timeout 3, token 1000 ms, named-stop
-reaction on) and with the seed's (monitor 10s, query_timeout 5, token 3000 ms, no reaction). Prints the machine,
-the lab-up time and the outage per scenario and VIP; the JSON goes to bench/lab-results.json. `lab down` at the end
-unless --keep.
+DIR holds the images of the config's nodes (`pibuild -c CONFIG all -o DIR`); the config defaults to the bundled
+example (armhf); tests/configs/arm64.yaml is the image tier's 64-bit cluster. The lab boots them (`pibuild lab
+up`, timed), then `pibuild lab drill --compare-seed` runs every drill twice on the running cluster: with
+pibuild's own defaults (the config without its seed reaction keys: monitor 2s, query_timeout 3, token 1000 ms,
+named-stop reaction on) and with the seed's (monitor 10s, query_timeout 5, token 3000 ms, no reaction; --no-seed skips
+them). Prints the machine, the lab-up time and the outage per scenario and VIP; the JSON goes to
+bench/lab-results-ARCH.json. `lab down` at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -28,21 +29,24 @@ REPO = Path(__file__).resolve().parent.parent
 SEED_KEYS = ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop")
 
 
-def machine() -> str:
+def machine(arch: str) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "?")
     load = os.getloadavg()[0]
-    return f"{os.cpu_count()} CPUs, {model}, guests under TCG (armhf on {platform.machine()}), load {load:.1f}"
+    return f"{os.cpu_count()} CPUs, {model}, guests under TCG ({arch} on {platform.machine()}), load {load:.1f}"
 
 
-def defaults_config(workdir: Path) -> Path:
-    """The example's cluster.yaml without the keys that pin the seed's reaction times: pibuild's defaults."""
-    data = yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())
+def defaults_config(source: Path, workdir: Path) -> tuple[Path, str]:
+    """The config without the keys that pin the seed's reaction times: pibuild's defaults. Returns it and its arch."""
+    data = yaml.safe_load(source.read_text())
     for key in SEED_KEYS:
-        data["pacemaker"].pop(key, None)
+        data.get("pacemaker", {}).pop(key, None)
+    secrets = data.get("secrets", {}).get("hacluster_password_file")
+    if secrets and not Path(secrets).is_absolute():  # the images were built with the one beside the config
+        data["secrets"]["hacluster_password_file"] = str((source.parent / secrets).resolve())
     path = workdir / "cluster.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return path, data["base"]["arch"]
 
 
 def pibuild(*args: str, cwd: Path, capture: bool = False) -> subprocess.CompletedProcess:
@@ -53,13 +57,15 @@ def pibuild(*args: str, cwd: Path, capture: bool = False) -> subprocess.Complete
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", required=True, type=Path)
+    p.add_argument("--config", type=Path, default=REPO / "examples" / "cluster.yaml")
+    p.add_argument("--no-seed", action="store_true", help="drill with pibuild's defaults only")
     p.add_argument("--scenario", action="append", default=[])
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--no-up", action="store_true", help="the lab is up already")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        config = defaults_config(work)
+        config, arch = defaults_config(args.config.resolve(), work)
         up_s = None
         try:
             if not args.no_up:
@@ -67,7 +73,7 @@ def main() -> int:
                 if pibuild("-c", str(config), "lab", "up", "--images", str(args.images.resolve()), cwd=work).returncode:
                     return 1
                 up_s = time.monotonic() - start
-            drill = ["-c", str(config), "lab", "drill", "--compare-seed", "--json"]
+            drill = ["-c", str(config), "lab", "drill", "--json", *([] if args.no_seed else ["--compare-seed"])]
             for s in args.scenario:
                 drill += ["--scenario", s]
             proc = pibuild(*drill, cwd=work, capture=True)
@@ -76,7 +82,7 @@ def main() -> int:
         finally:
             if not args.keep:
                 pibuild("-c", str(config), "lab", "down", cwd=work)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(arch)}")
     if up_s is not None:
         print(f"lab up (boot, firstboot forms the cluster, every VIP answers): {up_s:.0f} s")
     print(f"{'scenario':<15}{'vip':<17}{'pibuild defaults':>18}{'seed settings':>15}")
@@ -87,9 +93,9 @@ def main() -> int:
             cell = "-" if r is None else f"{r['outage_s']:.1f} s"
             cells.append(cell if r is None or r["recovered"] else cell + " (NOT recovered)")
         print(f"{scenario:<15}{vip:<17}{cells[0]:>18}{cells[1]:>15}")
-    result = {"machine": machine(), "lab_up_s": up_s, "rows": rows, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                           time.gmtime())}
-    (REPO / "bench" / "lab-results.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"machine": machine(arch), "config": str(args.config), "lab_up_s": up_s, "rows": rows,
+              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (REPO / "bench" / f"lab-results-{arch}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0 if rows and all(r["recovered"] for r in rows) else 1
 
 
