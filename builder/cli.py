@@ -27,9 +27,13 @@ def _load(ctx: click.Context) -> config_mod.Cluster:
     if path == resources.example_config():
         # The bundled example is read as if copied here: its secrets/ lands in the current directory.
         click.echo(f"using the bundled example {path} (the seed's cluster); secrets go under {Path.cwd()}", err=True)
-        return config_mod.load(path, base_dir=Path.cwd())
-    click.echo(f"using {path}", err=True)
-    return config_mod.load(path)
+        cluster = config_mod.load(path, base_dir=Path.cwd())
+    else:
+        click.echo(f"using {path}", err=True)
+        cluster = config_mod.load(path)
+    for warning in cluster.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return cluster
 
 
 def _node_name(cluster: config_mod.Cluster, name: str) -> str:

@@ -23,8 +23,9 @@ def hacluster_password(path: Path) -> str:
         raise PibuildError(f"secrets.hacluster_password_file: {path} is readable by others (mode {mode:04o}): "
                            f"run `chmod 600 {path}`")
     password = path.read_text().strip()
-    if not password or "\n" in password:
-        raise PibuildError(f"secrets.hacluster_password_file: {path} must hold the password on one line")
+    if not password or not password.isprintable():
+        raise PibuildError(f"secrets.hacluster_password_file: {path} must hold the password on one line of "
+                           "printable characters")
     return password
 
 

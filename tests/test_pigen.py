@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_pibuild as pibuild
 
 from builder import config, export, image, render, resources, secrets, stages
-from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"

@@ -14,15 +14,14 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_pibuild as pibuild
 
 from builder import config, plan, render
-from conftest import run_pibuild as pibuild
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -487,12 +486,13 @@ def test_secret_readable_by_others_is_refused(tmp_path, bad_mode):
     assert "leaked-password" not in proc.stdout + proc.stderr
 
 
-def test_empty_secret_is_refused(tmp_path):
+@pytest.mark.parametrize("content", ["\n", "two\nlines\n", "tab\tinside\n", "escape\x1b\n"])
+def test_empty_or_unprintable_secret_is_refused(tmp_path, content):
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(yaml.safe_dump(example_data(), sort_keys=False))
     secret = tmp_path / "secrets" / "hacluster"
     secret.parent.mkdir()
-    secret.write_text("\n")
+    secret.write_text(content)
     secret.chmod(0o600)
     proc = pibuild("-c", cfg, "render", "dns-pm01", "-o", tmp_path / "tree", cwd=tmp_path)
     assert proc.returncode == 1
@@ -533,6 +533,7 @@ def test_render_of_another_cluster(tmp_path):
     data["nodes"] = [{"name": f"ns{i}", "address": f"10.20.1.{i}", "model": "pi4b"} for i in (1, 2, 3)]
     data["vips"] = [{"name": "vip-a", "address": "10.20.2.1", "prefer": ["ns2", "ns1", "ns3"]}]
     data["pacemaker"].update(monitor_interval="5s", monitor_request="example.lan", migration_threshold=2)
+    del data["pacemaker"]["no_quorum_policy"]  # three nodes: Pacemaker's stop by default
     data["dns"]["allow_recursion"] = ["10.20.0.0/16"]
     tree = render_tree(data, tmp_path, node="ns3")
     assert (tree / HOSTNAME).read_text() == "ns3\n"
@@ -557,6 +558,19 @@ def test_render_of_another_cluster(tmp_path):
     assert p["commands"]["setup"][3:10] == ["lab-7", "ns1", "addr=10.20.1.1", "ns2", "addr=10.20.1.2", "ns3",
                                             "addr=10.20.1.3"]
     checked_named_conf(tree / NAMED_OPTIONS, tmp_path)
+
+
+@pytest.mark.parametrize(("extra_nodes", "policy"), [(0, "ignore"), (1, "stop")])
+def test_the_plan_sets_no_quorum_policy_by_node_count(tmp_path, extra_nodes, policy):
+    """Two nodes keep the seed's ignore (corosync's two_node keeps the survivor quorate anyway); with three, a node
+    cut off from the majority must stop its VIPs, which the majority takes over."""
+    data = example_data()
+    del data["pacemaker"]["no_quorum_policy"]
+    data["nodes"] += [{"name": "dns-pm03", "address": "192.168.100.3", "model": "pi3b"}][:extra_nodes]
+    for node in [n["name"] for n in data["nodes"]]:
+        p = json.loads((render_tree(data, tmp_path, node=node) / FIRSTBOOT_JSON).read_text())
+        assert p["commands"]["cib"][0] == ["property", "set", "stonith-enabled=false", f"no-quorum-policy={policy}"]
+        assert len(p["nodes"]) == 2 + extra_nodes
 
 
 def test_render_unknown_node(tmp_path):
