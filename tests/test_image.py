@@ -154,6 +154,11 @@ def test_root_filesystem_holds_the_node_files(build):
             assert nm["ipv4"]["address1"] == f"192.168.100.{i + 1}/24,192.168.100.254"
             agent = root / "usr/lib/ocf/resource.d/pibuild/named2"
             assert agent.stat().st_mode & 0o777 == 0o755
+            # pcsd on the node's own address and loopback only, never on a VIP; its unit reads that file.
+            pcsd_defaults = (root / "etc/default/pcsd").read_text().splitlines()
+            assert f"PCSD_BIND_ADDR='192.168.100.{i + 1},127.0.0.1,127.0.1.1'" in pcsd_defaults
+            assert "RACK_ENV=production" in pcsd_defaults
+            assert "EnvironmentFile=/etc/default/pcsd" in (root / "lib/systemd/system/pcsd.service").read_text()
             fstab = (root / "etc/fstab").read_text()
             assert f"PARTUUID={disk_id}-01" in fstab and f"PARTUUID={disk_id}-02" in fstab
             plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())

@@ -40,6 +40,7 @@ FIRSTBOOT_UNIT = "etc/systemd/system/pibuild-firstboot.service"
 FIRSTBOOT_LINK = "etc/systemd/system/multi-user.target.wants/pibuild-firstboot.service"
 FIRSTBOOT_JSON = "etc/pibuild/firstboot.json"
 SECRET = "etc/pibuild/hacluster-password"
+PCSD_DEFAULTS = "etc/default/pcsd"
 
 # `pcs cluster destroy` asks for confirmation from pcs 0.11 on: --force there, --yes from 0.12.
 DESTROY_CONFIRM = {"bullseye": [], "bookworm": ["--force"], "trixie": ["--yes"]}
@@ -337,6 +338,35 @@ def test_named_checkconf_catches_a_broken_file(tmp_path):
 
 
 # --- named2 and firstboot -----------------------------------------------------------------------------------------
+
+def pcsd_environment(path: Path) -> dict[str, str]:
+    """The variables pcsd.service gets from its EnvironmentFile (simple KEY=VALUE lines: sh reads them the same)."""
+    out = subprocess.run(["sh", "-c", 'set -a; . "$1"; env -0', "sh", str(path)], env={}, capture_output=True,
+                         text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if item)
+
+
+def test_pcsd_listens_only_on_the_node_address_and_loopback(rendered):
+    vips = {"192.168.100.11", "192.168.100.12"}
+    for node, tree in rendered.trees.items():
+        env = pcsd_environment(tree / PCSD_DEFAULTS)
+        # pcsd's own reading (pcs/daemon/env.py): comma-separated, each stripped; tornado binds each address.
+        bound = {a.strip() for a in env["PCSD_BIND_ADDR"].split(",")}
+        assert bound == {NODES[node], "127.0.0.1", "127.0.1.1"}, bound
+        assert not bound & vips and "::" not in bound and "0.0.0.0" not in bound
+        # Debian's other settings stay as the package has them.
+        assert env["RACK_ENV"] == "production"
+        assert (env["PCSD_DEBUG"], env["PCSD_DISABLE_GUI"], env["PCSD_SESSION_LIFETIME"]) == ("false", "false",
+                                                                                              "3600")
+        # pcs host auth and firstboot reach a peer's pcsd by the peer's name and address, which this file binds.
+        hosts = (tree / HOSTS).read_text()
+        assert f"{NODES[node]}\t{node}" in hosts and f"127.0.1.1\t{node}" in hosts
+        plan_ = json.loads((tree / FIRSTBOOT_JSON).read_text())
+        assert {n["address"] for n in plan_["nodes"]} == set(NODES.values())
+    # BIND, unlike pcsd, answers on every address: a VIP arrives after it started.
+    options = (rendered.trees["dns-pm01"] / NAMED_OPTIONS).read_text()
+    assert re.search(r"listen-on\s*(port 53\s*)?\{\s*any;\s*\}", options), options
+
 
 def test_named2_agent(rendered):
     source = REPO / "overlays" / "common" / NAMED2
