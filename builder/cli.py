@@ -98,7 +98,8 @@ def node(ctx: click.Context, node: str, outdir: Path) -> None:
     from builder import image
 
     cluster = _load(ctx)
-    image.build_nodes(cluster, [_node_name(cluster, node)], outdir)
+    built = image.build_nodes(cluster, [_node_name(cluster, node)], outdir)
+    click.echo(image.secrets_note(cluster, built), err=True)
 
 
 @cli.command(name="all")
@@ -110,7 +111,8 @@ def all_nodes(ctx: click.Context, outdir: Path) -> None:
     from builder import image
 
     cluster = _load(ctx)
-    image.build_nodes(cluster, [n.name for n in cluster.nodes], outdir)
+    built = image.build_nodes(cluster, [n.name for n in cluster.nodes], outdir)
+    click.echo(image.secrets_note(cluster, built), err=True)
 
 
 def _register_optional(name: str, module: str, attr: str, help_text: str) -> None:

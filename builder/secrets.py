@@ -14,7 +14,7 @@ from builder.errors import PibuildError
 def hacluster_password(path: Path) -> str:
     """Read the password, creating the file 0600 with a random one when it is missing."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(24) + "\n")
