@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_pibuild as pibuild
 
 from builder import lab, probe, resources
 from builder.probe import Sample
-from conftest import run_pibuild as pibuild
 
 # ---- unit: outages from synthetic samples --------------------------------------------------------------------
 
