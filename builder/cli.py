@@ -81,6 +81,7 @@ def render(ctx: click.Context, node: str, output: Path) -> None:
     cluster = _load(ctx)
     _node_name(cluster, node)
     entries = render_mod.render_node(cluster, node, secrets.hacluster_password(cluster.hacluster_password_file))
+    secrets.make_private_dir(output)  # the initiator's tree holds the hacluster password
     render_mod.write_tree(entries, output)
     for e in entries:
         kind = f"-> {e.symlink}" if e.symlink else f"{e.mode:04o}"

@@ -204,11 +204,7 @@ def export_pigen(cluster: Cluster, node: str, dest: Path) -> Path:
     env = stages.environment(cluster)
     extra_env = {k: v for k, v in env.items() if k not in PIGEN_PROVIDES}
 
-    if not dest.is_dir():
-        # Only pibuild's own directory is made private; one that exists is the user's and keeps its mode.
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.mkdir(mode=0o700)
-        os.chmod(dest, 0o700)
+    secrets.make_private_dir(dest)
     final = dest / stage_name(node)
     tmp = dest / f".{final.name}.partial-{os.getpid()}"
     if tmp.exists():

@@ -235,16 +235,6 @@ def output_name(cluster: Cluster, node: str) -> str:
 # its hash and the login user's keys. The sidecars carry none (checksum, block map, package list).
 IMAGE_MODE = 0o600
 SIDECAR_MODE = 0o644
-OUTDIR_MODE = 0o700
-
-
-def make_output_dir(outdir: Path) -> None:
-    """Create outdir 0700 when missing; a directory that exists is the user's and keeps its mode."""
-    if outdir.is_dir():
-        return
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    outdir.mkdir(mode=OUTDIR_MODE)
-    os.chmod(outdir, OUTDIR_MODE)  # mkdir's mode passes through the umask
 
 
 def secrets_note(cluster: Cluster, images: list[Path]) -> str:
@@ -264,7 +254,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
     """Every requested node from one cluster-wide image: byte-identical packages by construction."""
     password = secrets.hacluster_password(cluster.hacluster_password_file)
     plans = {n: render.render_node(cluster, n, password) for n in nodes}
-    make_output_dir(outdir)
+    secrets.make_private_dir(outdir)
     key = cluster_key(cluster)
     # The same for every node: built once (in the first node's image) and cached.
     cib_configuration = functools.partial(cib.configuration, arch=cluster.base.arch,

@@ -33,3 +33,13 @@ def crypt_hash(password: str) -> str:
     """A SHA-512 crypt hash for /etc/shadow; the password goes through stdin, never argv."""
     proc = tools.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture=True)
     return proc.stdout.strip()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create path 0700 when missing, for output that carries secrets; a directory that exists is the user's and
+    keeps its mode."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700)
+    os.chmod(path, 0o700)  # mkdir's mode passes through the umask

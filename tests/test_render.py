@@ -476,6 +476,8 @@ def test_hacluster_secret_only_on_the_initiator(rendered):
     initiator = rendered.trees["dns-pm01"] / SECRET
     assert initiator.read_text() == rendered.password + "\n"
     assert mode(initiator) == 0o600
+    # `render -o DIR` made DIR: its owner's alone, as every output directory pibuild makes.
+    assert {mode(tree) for tree in rendered.trees.values()} == {0o700}
     assert not (rendered.trees["dns-pm02"] / SECRET).exists()
     # The plaintext is nowhere else: not in the plan, not in another file, not on stdout.
     for node, tree in rendered.trees.items():
