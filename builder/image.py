@@ -291,6 +291,7 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
     try:
         with phase(f"{name}: copy the cluster image"):
             # Created 0600 before a byte of it is written: cp keeps an existing file's mode.
+            tmp[".img"].unlink(missing_ok=True)  # a leftover of a killed build whose pid this one reuses
             os.close(os.open(tmp[".img"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, IMAGE_MODE))
             tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
             os.chmod(tmp[".img"], IMAGE_MODE)
