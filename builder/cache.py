@@ -21,9 +21,21 @@ from builder import mounts
 COMPLETE = "complete.json"
 
 
+# The cluster images carry the login user's keys and password hash: the cache is readable by its owner alone.
+PRIVATE_DIR_MODE = 0o700
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "pibuild"
+
+
+def private_root() -> Path:
+    """cache_root(), created 0700, or made 0700 if an older pibuild left it readable by others (it is pibuild's)."""
+    root = cache_root()
+    root.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(root, PRIVATE_DIR_MODE)
+    return root
 
 
 def digest(*parts) -> str:
@@ -53,7 +65,7 @@ def lookup(kind: str, key: str) -> Path | None:
 @contextlib.contextmanager
 def locked(kind: str, key: str) -> Iterator[None]:
     """One builder per entry at a time: a second `pibuild node` waits, then finds the entry built."""
-    lock_dir = cache_root() / "locks"
+    lock_dir = private_root() / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{kind}-{key}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -90,12 +102,13 @@ def remove_stale(kind: str) -> None:
 @contextlib.contextmanager
 def new_entry(kind: str, key: str, info: dict) -> Iterator[Path]:
     """Yield a temporary directory; on success it becomes the entry, on any failure it is removed."""
-    root = cache_root() / kind
-    root.mkdir(parents=True, exist_ok=True)
+    root = private_root() / kind
+    root.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
     remove_stale(kind)
     tmp = root / f".tmp-{key[:16]}-{os.getpid()}"
     mounts.remove_tree(tmp)
-    tmp.mkdir()
+    tmp.mkdir(mode=PRIVATE_DIR_MODE)
+    os.chmod(tmp, PRIVATE_DIR_MODE)
     try:
         yield tmp
         (tmp / COMPLETE).write_text(json.dumps({**info, "key": key, "created": time.time()}, indent=2) + "\n")

@@ -27,9 +27,13 @@ def _load(ctx: click.Context) -> config_mod.Cluster:
     if path == resources.example_config():
         # The bundled example is read as if copied here: its secrets/ lands in the current directory.
         click.echo(f"using the bundled example {path} (the seed's cluster); secrets go under {Path.cwd()}", err=True)
-        return config_mod.load(path, base_dir=Path.cwd())
-    click.echo(f"using {path}", err=True)
-    return config_mod.load(path)
+        cluster = config_mod.load(path, base_dir=Path.cwd())
+    else:
+        click.echo(f"using {path}", err=True)
+        cluster = config_mod.load(path)
+    for warning in cluster.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return cluster
 
 
 def _node_name(cluster: config_mod.Cluster, name: str) -> str:
@@ -77,6 +81,7 @@ def render(ctx: click.Context, node: str, output: Path) -> None:
     cluster = _load(ctx)
     _node_name(cluster, node)
     entries = render_mod.render_node(cluster, node, secrets.hacluster_password(cluster.hacluster_password_file))
+    secrets.make_private_dir(output)  # the initiator's tree holds the hacluster password
     render_mod.write_tree(entries, output)
     for e in entries:
         kind = f"-> {e.symlink}" if e.symlink else f"{e.mode:04o}"
@@ -94,7 +99,8 @@ def node(ctx: click.Context, node: str, outdir: Path) -> None:
     from builder import image
 
     cluster = _load(ctx)
-    image.build_nodes(cluster, [_node_name(cluster, node)], outdir)
+    built = image.build_nodes(cluster, [_node_name(cluster, node)], outdir)
+    click.echo(image.secrets_note(cluster, built), err=True)
 
 
 @cli.command(name="all")
@@ -106,7 +112,8 @@ def all_nodes(ctx: click.Context, outdir: Path) -> None:
     from builder import image
 
     cluster = _load(ctx)
-    image.build_nodes(cluster, [n.name for n in cluster.nodes], outdir)
+    built = image.build_nodes(cluster, [n.name for n in cluster.nodes], outdir)
+    click.echo(image.secrets_note(cluster, built), err=True)
 
 
 def _register_optional(name: str, module: str, attr: str, help_text: str) -> None:

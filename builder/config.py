@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,20 +28,27 @@ ADDRESS_AGENTS = {"vip": "ocf:pibuild:vip", "IPaddr2": "ocf:heartbeat:IPaddr2"}
 CLONE_MONITOR = "named-monitor"
 CLONE_MONITOR_IDS = (CLONE_MONITOR, f"{CLONE_MONITOR}-clone")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Networks that are not public: recursion for a network outside these is warned about.
+NON_PUBLIC_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "fc00::/7", "fe80::/10", "::1/128"))
 
-HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Every pattern is used with fullmatch(): the whole value, so a trailing newline never slips through (re.match with
+# a "$" accepts one).
+HOSTNAME_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # Pacemaker ids are XML IDs: a letter or underscore first.
-PACEMAKER_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-CLUSTER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
-DURATION_RE = re.compile(r"^[1-9][0-9]*(ms|s|sec|m|min|h|hr)?$")
-CRYPT_RE = re.compile(r"^\$(y|gy|7|6|5|2[abxy]?)\$[^\s:]+$")
-SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+"
-                        r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PACEMAKER_ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+DURATION_RE = re.compile(r"([1-9][0-9]*)(ms|s|sec|m|min|h|hr)?")
+CRYPT_RE = re.compile(r"\$(y|gy|7|6|5|2[abxy]?)\$[^\s:]+")
+SSH_KEY_RE = re.compile(r"(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+"
+                        r"|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( .*)?")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+URL_RE = re.compile(r"(https?|file)://\S+")
 # A name to query: labels of letters, digits, '-' and '_', dot-separated, an optional final dot.
-DNS_NAME_RE = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
+DNS_NAME_RE = re.compile(r"(?=.{1,253}\.?\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?")
 # Accounts the images already have: the login user must not collide with them.
 RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
                   "www-data", "backup", "list", "irc", "nobody", "systemd-network", "systemd-resolve", "messagebus",
@@ -96,9 +104,18 @@ class Vip:
         return [(node, 100 * (n - i)) for i, node in enumerate(self.prefer)]
 
 
+def default_no_quorum_policy(node_count: int) -> str:
+    """Two nodes: ignore. pcs gives a two-node cluster corosync's two_node (which implies wait_for_all), so the
+    survivor of a failure keeps quorum anyway; ignore only lets a node that starts alone, its peer dead, serve.
+    Three or more: Pacemaker's own stop, so a node cut off from the majority gives up its VIPs, which the majority
+    takes over."""
+    return "ignore" if node_count <= 2 else "stop"
+
+
 @dataclass(frozen=True)
 class Pacemaker:
     stonith_enabled: bool = False
+    # load() chooses by node count (default_no_quorum_policy); this is the two-node value.
     no_quorum_policy: str = "ignore"
     migration_threshold: int = 1
     # pibuild's default; the seed (and the bundled example) monitor every 10s.
@@ -146,6 +163,8 @@ class Cluster:
     pacemaker: Pacemaker
     dns: Dns
     source: Path
+    # Accepted, but worth a look (e.g. recursion for public addresses): "key: value: why", printed by the CLI.
+    warnings: tuple[str, ...] = ()
 
     @property
     def subnet(self) -> ipaddress.IPv4Network:
@@ -185,10 +204,33 @@ class _Reader:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.warnings: list[str] = []
+        # Keys whose value holds a control character: reported once, as that, not again by the key's own rule.
+        self.unprintable: set[str] = set()
 
     def problem(self, key: str, value: Any, fix: str) -> None:
+        if key in self.unprintable:
+            return
         shown = "missing" if value is _MISSING else repr(value)
         self.problems.append(f"{key}: {shown}: {fix}")
+
+    def warn(self, key: str, value: Any, what: str) -> None:
+        self.warnings.append(f"{key}: {value!r}: {what}")
+
+    def control_characters(self, value: Any, key: str = "") -> None:
+        """Refuse a control character anywhere (a line break in a name would reach /etc/hosts and pcs's argv)."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                self.control_characters(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self.control_characters(v, f"{key}[{i}]")
+        elif isinstance(value, str):
+            bad = next((c for c in value if _is_control(c)), None)
+            if bad is not None:
+                self.problem(key, value, f"holds a control character ({_describe(bad)}) at position "
+                                         f"{value.index(bad) + 1}: remove it (a value is one line of printable text)")
+                self.unprintable.add(key)
 
     def section(self, data: dict, key: str, known: str, required: bool = True) -> dict:
         value = data.get(key, _MISSING)
@@ -241,6 +283,16 @@ class _Reader:
             return None
 
 
+def _is_control(char: str) -> bool:
+    # Cc: C0 (line breaks, tab, escape, NUL), DEL and C1; also Unicode's own line and paragraph separators.
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _describe(char: str) -> str:
+    names = {"\n": "a line break, \\n", "\r": "a carriage return, \\r", "\t": "a tab, \\t"}
+    return names.get(char, f"U+{ord(char):04X}")
+
+
 class _Missing:
     def __repr__(self) -> str:
         return "missing"
@@ -283,13 +335,14 @@ def load(path: Path, base_dir: Path | None = None) -> Cluster:
 
 def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster:
     r = _Reader()
+    r.control_characters(data)
     r.unknown_keys(data, "", "")
     base_dir = source.parent if base_dir is None else base_dir
 
     # cluster
     sec = r.section(data, "cluster", "cluster")
     name = r.get(sec, "cluster", "name", str, required=True)
-    if name is not None and not CLUSTER_NAME_RE.match(name):
+    if name is not None and not CLUSTER_NAME_RE.fullmatch(name):
         r.problem("cluster.name", name, "use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
 
     # base
@@ -299,12 +352,12 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     arch = r.choice(sec, "base", "arch", tuple(ARCHES), required=True)
     url = r.get(sec, "base", "url", str)
     sha256 = r.get(sec, "base", "sha256", str)
-    if sha256 is not None and not SHA256_RE.match(sha256.lower()):
+    if sha256 is not None and not SHA256_RE.fullmatch(sha256.lower()):
         r.problem("base.sha256", sha256, "must be 64 hexadecimal digits (sha256sum's output)")
-    if url is not None and not re.match(r"^(https?|file)://", url):
+    if url is not None and not URL_RE.fullmatch(url):
         r.problem("base.url", url, "must be an http://, https:// or file:// URL")
     mirror = r.get(sec, "base", "mirror", str, DEFAULT_MIRROR)
-    if not re.match(r"^(https?|file)://", mirror):
+    if not URL_RE.fullmatch(mirror):
         r.problem("base.mirror", mirror, "must be an http://, https:// or file:// URL of a Debian archive")
     base_path = r.get(sec, "base", "path", str)
     resolved_path = None
@@ -329,7 +382,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     # network
     sec = r.section(data, "network", "network")
     interface = r.get(sec, "network", "interface", str, "eth0")
-    if not IFNAME_RE.match(interface):
+    if not IFNAME_RE.fullmatch(interface):
         r.problem("network.interface", interface, "must be an interface name of at most 15 characters, e.g. eth0")
     prefix = r.get(sec, "network", "prefix", int, 24)
     if not 8 <= prefix <= 30:
@@ -345,17 +398,17 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     # login
     sec = r.section(data, "login", "login")
     user = r.get(sec, "login", "user", str, required=True, what="the account you log in with")
-    if user is not None and not USER_RE.match(user):
+    if user is not None and not USER_RE.fullmatch(user):
         r.problem("login.user", user, "use lower-case letters, digits, '-' or '_', starting with a letter")
     elif user in RESERVED_USERS:
         r.problem("login.user", user, "this account already exists in the image; choose another name, e.g. admin")
     keys = r.get(sec, "login", "ssh_authorized_keys", list, [])
     for i, key in enumerate(keys):
-        if not isinstance(key, str) or not SSH_KEY_RE.match(key.strip()):
+        if not isinstance(key, str) or not SSH_KEY_RE.fullmatch(key.strip()):
             r.problem(f"login.ssh_authorized_keys[{i}]", key,
                       "must be one public key line, e.g. 'ssh-ed25519 AAAA… you@host' (the .pub file's content)")
     password_hash = r.get(sec, "login", "password_hash", str)
-    if password_hash is not None and not CRYPT_RE.match(password_hash):
+    if password_hash is not None and not CRYPT_RE.fullmatch(password_hash):
         r.problem("login.password_hash", password_hash,
                   "must be a crypt hash, e.g. the output of `mkpasswd -m yescrypt` or `openssl passwd -6`")
     login = Login(user or "admin", tuple(k.strip() for k in keys if isinstance(k, str)), password_hash)
@@ -377,7 +430,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
             continue
         r.unknown_keys(raw, key, "node")
         n_name = r.get(raw, key, "name", str, required=True, what="the node's hostname")
-        if n_name is not None and not HOSTNAME_RE.match(n_name):
+        if n_name is not None and not HOSTNAME_RE.fullmatch(n_name):
             r.problem(f"{key}.name", n_name,
                       "must be a hostname: lower-case letters, digits and '-', at most 63, no '-' at either end")
         elif n_name is not None and n_name.isdigit():
@@ -401,6 +454,8 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     _unique(r, "nodes", "name", [(f"nodes[{i}].name", n.get("name")) for i, n in _mappings(raw_nodes)])
     _unique(r, "nodes", "address", [(f"nodes[{i}].address", n.get("address")) for i, n in _mappings(raw_nodes)])
     node_names = {n.name for n in nodes}
+    # A name refused for a control character ('dns-pm02\n') is not also news as an unknown node in `prefer`.
+    names_refused = any(re.fullmatch(r"nodes\[\d+\]\.name", key) for key in r.unprintable)
 
     # the subnet every address must sit in
     subnet = None
@@ -430,7 +485,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         group = r.get(raw, key, "group", str, f"rg-{i + 1:02d}")
         monitor = r.get(raw, key, "monitor", str, f"monitor-named{i + 1}")
         for sub, ident in (("name", v_name), ("group", group), ("monitor", monitor)):
-            if ident is not None and not PACEMAKER_ID_RE.match(ident):
+            if ident is not None and not PACEMAKER_ID_RE.fullmatch(ident):
                 r.problem(f"{key}.{sub}", ident, "must start with a letter or '_' and hold only letters, digits, '.-_'")
         addr = r.get(raw, key, "address", str, required=True)
         addr = r.ipv4(addr, f"{key}.address") if addr is not None else None
@@ -446,7 +501,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         for j, p in enumerate(prefer):
             if not isinstance(p, str):
                 r.problem(f"{key}.prefer[{j}]", p, "must be a node's name")
-            elif p not in node_names and nodes:
+            elif p not in node_names and nodes and not names_refused:
                 r.problem(f"{key}.prefer[{j}]", p, f"unknown node; nodes are: {', '.join(sorted(node_names))}")
         if len(set(map(str, prefer))) != len(prefer):
             r.problem(f"{key}.prefer", prefer, "lists a node twice")
@@ -466,7 +521,8 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     d = Pacemaker()
     pm = Pacemaker(
         stonith_enabled=r.get(sec, "pacemaker", "stonith_enabled", bool, d.stonith_enabled),
-        no_quorum_policy=r.choice(sec, "pacemaker", "no_quorum_policy", NO_QUORUM_POLICIES, d.no_quorum_policy),
+        no_quorum_policy=r.choice(sec, "pacemaker", "no_quorum_policy", NO_QUORUM_POLICIES,
+                                  default_no_quorum_policy(len(nodes))),
         migration_threshold=r.get(sec, "pacemaker", "migration_threshold", int, d.migration_threshold),
         monitor_interval=_duration(r, sec, "monitor_interval", d.monitor_interval),
         monitor_timeout=_duration(r, sec, "monitor_timeout", d.monitor_timeout),
@@ -480,9 +536,9 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         layout=r.choice(sec, "pacemaker", "layout", LAYOUTS, d.layout),
         address_agent=r.choice(sec, "pacemaker", "address_agent", tuple(ADDRESS_AGENTS), d.address_agent),
     )
-    if not USER_RE.match(pm.named_user):
+    if not USER_RE.fullmatch(pm.named_user):
         r.problem("pacemaker.named_user", pm.named_user, "must be the user BIND runs as (Debian's is 'bind')")
-    if not DNS_NAME_RE.match(pm.monitor_request):
+    if not DNS_NAME_RE.fullmatch(pm.monitor_request):
         r.problem("pacemaker.monitor_request", pm.monitor_request,
                   "must be a DNS name BIND answers, e.g. localhost (the seed's)")
     if pm.migration_threshold < 1:
@@ -495,6 +551,11 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         r.problem("pacemaker.query_timeout", pm.query_timeout,
                   f"must be at least 1 second and at most a third of monitor_timeout ({pm.monitor_timeout}): "
                   "a monitor may wait for two queries")
+    if pm.no_quorum_policy == "ignore" and len(nodes) >= 3:
+        r.problem("pacemaker.no_quorum_policy", "ignore",
+                  f"with {len(nodes)} nodes a node cut off from the others would keep serving the VIPs the majority "
+                  "also took over (the same address twice on the LAN); remove the key (the default for three or "
+                  "more nodes is stop) or set stop")
     if pm.stonith_enabled:
         r.problem("pacemaker.stonith_enabled", True,
                   "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "
@@ -515,12 +576,22 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
             r.problem(f"dns.allow_recursion[{i}]", value,
                       "would make an open resolver that anyone can abuse; list your own networks")
             continue
+        if not any(net.subnet_of(private) for private in NON_PUBLIC_NETWORKS if private.version == net.version):
+            r.warn(f"dns.allow_recursion[{i}]", value,
+                   "covers public addresses: BIND recurses for anyone in it who reaches a node; list only networks "
+                   "you control")
         acl.append(str(net))
+    for version in (4, 6):
+        nets = [ipaddress.ip_network(a) for a in acl if ipaddress.ip_network(a).version == version]
+        if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(nets)):
+            r.problem("dns.allow_recursion", acl_raw,
+                      f"together these networks cover every IPv{version} address: an open resolver that anyone can "
+                      "abuse; list only your own networks")
 
     if r.problems:
         raise ConfigError(str(source), r.problems)
     return Cluster(name, base, Network(interface, prefix, gateway, dns), login, secret_path, tuple(nodes),
-                   tuple(vips), pm, Dns(tuple(acl)), source)
+                   tuple(vips), pm, Dns(tuple(acl)), source, tuple(r.warnings))
 
 
 def _mappings(items) -> list[tuple[int, dict]]:
@@ -554,7 +625,7 @@ def _duration(r: _Reader, sec: dict, key: str, default: str) -> str:
     raw = value = sec.get(key, default)
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"{value}s"
-    if not isinstance(value, str) or not DURATION_RE.match(value):
+    if not isinstance(value, str) or not DURATION_RE.fullmatch(value):
         # Name the value as written (0, not the '0s' it was read as).
         r.problem(f"pacemaker.{key}", raw, "must be a duration such as 10s, 500ms or 2min")
         return default
@@ -562,7 +633,7 @@ def _duration(r: _Reader, sec: dict, key: str, default: str) -> str:
 
 
 def duration_seconds(value: str) -> float:
-    m = re.match(r"^(\d+)(ms|s|sec|m|min|h|hr)?$", value)
+    m = DURATION_RE.fullmatch(value)
     assert m, value
     n, unit = int(m.group(1)), m.group(2) or "s"
     return n * {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}[unit]

@@ -43,7 +43,7 @@ CHUNK = 256 * 1024
 USER_AGENT = "pibuild/0.1 (+raspios base download)"
 
 HREF_RE = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.IGNORECASE)
-SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 DATE_RE = r"(\d{4}-\d{2}-\d{2})"
 
 ProgressHook = Callable[[int, "int | None"], None]
@@ -70,7 +70,7 @@ def fetch_raspios(base: Base, cache_root: Path, *, index_url: str | None = None,
             log(f"raspios: newest {base.release} {base.arch} image is {url}")
         name = image_name(url)
         if base.sha256:
-            if not SHA256_RE.match(base.sha256):
+            if not SHA256_RE.fullmatch(base.sha256):
                 raise PibuildError(f"base.sha256: {base.sha256!r} is not a sha256 digest (64 hex digits)")
             sha256 = base.sha256.lower()
         else:
@@ -188,7 +188,7 @@ def fetch_sha256(url: str, *, session: requests.Session | None = None) -> str:
     text = _get(url, session or _session()).text
     for line in text.splitlines():
         fields = line.split()
-        if fields and SHA256_RE.match(fields[0].lstrip("\\")):
+        if fields and SHA256_RE.fullmatch(fields[0].lstrip("\\")):
             return fields[0].lstrip("\\").lower()
     raise PibuildError(f"{url} holds no sha256 checksum (expected sha256sum format: '<64 hex digits>  <name>'); "
                        f"pin base.sha256")

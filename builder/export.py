@@ -204,12 +204,14 @@ def export_pigen(cluster: Cluster, node: str, dest: Path) -> Path:
     env = stages.environment(cluster)
     extra_env = {k: v for k, v in env.items() if k not in PIGEN_PROVIDES}
 
-    dest.mkdir(parents=True, exist_ok=True)
+    secrets.make_private_dir(dest)
     final = dest / stage_name(node)
     tmp = dest / f".{final.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    # The stage carries the hacluster password's hash on every node and, for the initiator, the plaintext.
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp, 0o700)
     try:
         _write(tmp / "prerun.sh", PRERUN.format(header=_header("pi-gen stage prologue")), 0o755)
         _write(tmp / "EXPORT_IMAGE", EXPORT_IMAGE.format(header=_header("image of this stage"), img_name=cluster.name,

@@ -231,11 +231,30 @@ def output_name(cluster: Cluster, node: str) -> str:
     return f"{cluster.name}-{node}"
 
 
+# An image is secret material (see the README's "Secrets"): the initiator's carries the hacluster password, every one
+# its hash and the login user's keys. The sidecars carry none (checksum, block map, package list).
+IMAGE_MODE = 0o600
+SIDECAR_MODE = 0o644
+
+
+def secrets_note(cluster: Cluster, images: list[Path]) -> str:
+    """Where the secrets of a build are, for the user who has to keep them."""
+    initiator = [p for p in images if p.name == f"{output_name(cluster, cluster.initiator.name)}.img"]
+    lines = ["secrets: these images are secret material (mode 0600; keep them so):"]
+    if initiator:
+        lines.append(f"  {initiator[0]} holds the hacluster password in plaintext "
+                     f"({plan.PASSWORD_PATH}, deleted on the Pi once the cluster formed)")
+    lines.append("  every image holds the hacluster password's hash and the login user's keys and password hash")
+    lines.append(f"  the password itself: {cluster.hacluster_password_file}")
+    lines.append("  flash them, then delete them or keep them where only you can read them (README: Secrets)")
+    return "\n".join(lines)
+
+
 def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
     """Every requested node from one cluster-wide image: byte-identical packages by construction."""
     password = secrets.hacluster_password(cluster.hacluster_password_file)
     plans = {n: render.render_node(cluster, n, password) for n in nodes}
-    outdir.mkdir(parents=True, exist_ok=True)
+    secrets.make_private_dir(outdir)
     key = cluster_key(cluster)
     # The same for every node: built once (in the first node's image) and cached.
     cib_configuration = functools.partial(cib.configuration, arch=cluster.base.arch,
@@ -251,6 +270,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         if final.exists() and stamp.exists() and stamp.read_text().strip() == node_key and all(
                 (outdir / f"{name}{s}").exists() for s in (".img.sha256", ".img.bmap", ".manifest")):
             click.echo(f"==> {final}: up to date", err=True)
+            os.chmod(final, IMAGE_MODE)  # an image of an older pibuild was world-readable
             built.append(final)
             continue
         if entry is None:
@@ -270,7 +290,11 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
     tmp = {s: outdir / f".{name}{s}.partial-{os.getpid()}" for s in final}
     try:
         with phase(f"{name}: copy the cluster image"):
+            # Created 0600 before a byte of it is written: cp keeps an existing file's mode.
+            tmp[".img"].unlink(missing_ok=True)  # a leftover of a killed build whose pid this one reuses
+            os.close(os.open(tmp[".img"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, IMAGE_MODE))
             tools.run(["cp", "--sparse=always", "--reflink=auto", str(entry / "image.img"), str(tmp[".img"])])
+            os.chmod(tmp[".img"], IMAGE_MODE)
         layout = read_layout(tmp[".img"])
         with tempfile.TemporaryDirectory(prefix="pibuild-mnt-") as mnt, \
                 mounts.partition_mounted(tmp[".img"], layout.root_offset, layout.root_size, Path(mnt)) as root:
@@ -285,6 +309,8 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
             tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
             tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
             shutil.copyfile(entry / "manifest", tmp[".manifest"])
+            for suffix in (".img.sha256", ".img.bmap", ".manifest"):
+                os.chmod(tmp[suffix], SIDECAR_MODE)
         for suffix in (".img.sha256", ".img.bmap", ".manifest", ".img"):  # the image last: it marks completion
             os.replace(tmp[suffix], final[suffix])
     finally:

@@ -278,6 +278,96 @@ def test_bad_config_is_refused_naming_key_and_value(tmp_path, edits, key, value)
     assert any(line.startswith(f"{key}: {value}") for line in lines), f"no '{key}: {value}…' in\n{proc.stderr}"
 
 
+THIRD_NODE = {"name": "dns-pm03", "address": "192.168.100.3", "model": "pi3b"}
+# Input that looked valid to a pattern matched with re.match(...$), or that only together is wrong: (id, edits, key
+# path, the bad value as shown, a piece of the fix the message must give).
+EXACT_BAD = [
+    ("hostname-trailing-newline", {"nodes[1].name": "dns-pm02\n"}, "nodes[1].name", r"'dns-pm02\n'",
+     "a line break"),
+    ("hostname-inner-newline", {"nodes[1].name": "dns\npm02"}, "nodes[1].name", r"'dns\npm02'", "remove it"),
+    ("cluster-name-trailing-newline", {"cluster.name": "clst-01\n"}, "cluster.name", r"'clst-01\n'", "remove it"),
+    ("vip-name-escape", {"vips[0].name": "rs-vip\x1b1"}, "vips[0].name", r"'rs-vip\x1b1'", "U+001B"),
+    ("vip-prefer-tab", {"vips[0].prefer": ["dns-pm01\t", "dns-pm02"]}, "vips[0].prefer[0]", r"'dns-pm01\t'",
+     "a tab"),
+    ("interface-trailing-newline", {"network.interface": "eth0\n"}, "network.interface", r"'eth0\n'", "remove it"),
+    ("user-trailing-newline", {"login.user": "admin\n"}, "login.user", r"'admin\n'", "remove it"),
+    ("ssh-key-carriage-return", {"login.ssh_authorized_keys": [SSH_KEY + "\r"]}, "login.ssh_authorized_keys[0]",
+     repr(SSH_KEY + "\r"), "a carriage return"),
+    ("password-hash-trailing-newline", {"login.password_hash": "$6$salt$hash\n"}, "login.password_hash",
+     r"'$6$salt$hash\n'", "remove it"),
+    ("duration-trailing-newline", {"pacemaker.monitor_interval": "10s\n"}, "pacemaker.monitor_interval",
+     r"'10s\n'", "remove it"),
+    ("monitor-request-trailing-newline", {"pacemaker.monitor_request": "localhost\n"},
+     "pacemaker.monitor_request", r"'localhost\n'", "remove it"),
+    ("named-user-trailing-newline", {"pacemaker.named_user": "bind\n"}, "pacemaker.named_user", r"'bind\n'",
+     "remove it"),
+    ("mirror-line-separator", {"base.mirror": "http://deb.debian.org/debian\u2028"}, "base.mirror",
+     repr("http://deb.debian.org/debian\u2028"), "U+2028"),
+    ("secret-path-nul", {"secrets.hacluster_password_file": "secrets/hacluster\x00"},
+     "secrets.hacluster_password_file", r"'secrets/hacluster\x00'", "U+0000"),
+    ("acl-trailing-newline", {"dns.allow_recursion": ["192.168.100.0/24\n"]}, "dns.allow_recursion[0]",
+     r"'192.168.100.0/24\n'", "remove it"),
+    ("open-resolver-split-in-two", {"dns.allow_recursion": ["0.0.0.0/1", "128.0.0.0/1"]}, "dns.allow_recursion",
+     "['0.0.0.0/1', '128.0.0.0/1']", "cover every IPv4 address"),
+    ("open-resolver-split-in-three", {"dns.allow_recursion": ["192.168.100.0/24", "128.0.0.0/1", "0.0.0.0/2",
+                                                              "64.0.0.0/2"]},
+     "dns.allow_recursion", "['192.168.100.0/24', '128.0.0.0/1', '0.0.0.0/2', '64.0.0.0/2']",
+     "list only your own networks"),
+    ("open-resolver-v6-split", {"dns.allow_recursion": ["192.168.100.0/24", "::/1", "8000::/1"]},
+     "dns.allow_recursion", "['192.168.100.0/24', '::/1', '8000::/1']", "cover every IPv6 address"),
+    ("quorum-ignore-with-three-nodes", {"nodes[2]": THIRD_NODE}, "pacemaker.no_quorum_policy", "'ignore'",
+     "set stop"),
+]
+
+
+@pytest.mark.parametrize(("edits", "key", "value", "fix"), [case[1:] for case in EXACT_BAD],
+                         ids=[case[0] for case in EXACT_BAD])
+def test_inexact_input_is_refused_once_with_the_fix(tmp_path, edits, key, value, fix):
+    data = example_data()
+    if "nodes[2]" in edits:
+        data["nodes"].append(None)
+    for path, v in edits.items():
+        edit(data, path, v)
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = pibuild("-c", str(cfg), "validate", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    # Exactly one problem: the key, its value, the fix; no second rule repeats it.
+    (line,) = problem_lines(proc)
+    assert line.startswith(f"{key}: {value}: "), proc.stderr
+    assert fix in line, line
+
+
+def test_recursion_for_public_addresses_is_warned_about(tmp_path):
+    cfg = write_config(tmp_path, {"dns.allow_recursion": ["192.168.100.0/24", "0.0.0.0/1"]})
+    proc = pibuild("-c", str(cfg), "validate", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: dns.allow_recursion[1]: '0.0.0.0/1': covers public addresses" in proc.stderr
+    assert "dns.allow_recursion[0]" not in proc.stderr
+    cluster = config.load(cfg)
+    assert cluster.dns.allow_recursion == ("192.168.100.0/24", "0.0.0.0/1")
+
+
+@pytest.mark.parametrize("networks", [["192.168.100.0/24"], ["10.0.0.0/8", "172.16.0.0/12", "fd00::/8"],
+                                      ["100.64.0.0/10"]])
+def test_recursion_for_private_networks_is_not_warned_about(tmp_path, networks):
+    cluster = config.from_dict({**example_data(), "dns": {"allow_recursion": networks}}, tmp_path / "c.yaml")
+    assert cluster.warnings == ()
+
+
+@pytest.mark.parametrize(("nodes", "written", "policy"), [
+    (2, DELETE, "ignore"), (2, "stop", "stop"), (3, DELETE, "stop"), (3, "stop", "stop"), (3, "freeze", "freeze"),
+    (4, DELETE, "stop"),
+])
+def test_no_quorum_policy_by_node_count(tmp_path, nodes, written, policy):
+    data = example_data()
+    data["nodes"] += [{"name": f"dns-pm0{i}", "address": f"192.168.100.{i}", "model": "pi3b"}
+                      for i in range(3, nodes + 1)]
+    edit(data, "pacemaker.no_quorum_policy", written)
+    assert config.from_dict(data, tmp_path / "c.yaml").pacemaker.no_quorum_policy == policy
+
+
 def test_the_model_message_names_the_arch(tmp_path):
     cfg = write_config(tmp_path, {"base.arch": "arm64"})
     proc = pibuild("-c", str(cfg), "validate", cwd=tmp_path)

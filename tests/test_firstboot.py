@@ -282,6 +282,7 @@ def example_data() -> dict:
 def three_node_data() -> dict:
     data = example_data()
     data["nodes"].append({"name": "dns-pm03", "address": "192.168.100.3", "model": "pi4b"})
+    del data["pacemaker"]["no_quorum_policy"]  # the example's ignore is for two nodes only
     data["vips"].append({"name": "rs-vip-3", "address": "192.168.100.13", "prefer": ["dns-pm03", "dns-pm01"],
                          "group": "rg-03", "monitor": "monitor-named3"})
     return data

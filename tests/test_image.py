@@ -103,6 +103,20 @@ def test_outputs_are_complete_and_verified(build):
     assert not list(build["out"].glob("*.partial-*")), "no temporary output left"
 
 
+def test_images_are_secret_material_and_say_so(build):
+    # `-o out` did not exist: pibuild made it, its owner's alone. Images carry secrets, sidecars do not.
+    assert build["out"].stat().st_mode & 0o777 == 0o700
+    for node in NODES:
+        img = image(build, node)
+        assert img.stat().st_mode & 0o777 == 0o600
+        for sidecar in (".sha256", ".bmap"):
+            assert Path(str(img) + sidecar).stat().st_mode & 0o777 == 0o644
+        assert (build["out"] / f"clst-64-{node}.manifest").stat().st_mode & 0o777 == 0o644
+    assert cache.cache_root().stat().st_mode & 0o777 == 0o700
+    assert f"{Path('out') / 'clst-64-dns-pm01.img'} holds the hacluster password in plaintext" in build["stderr"]
+    assert "secrets/hacluster" in build["stderr"]
+
+
 def test_manifests_list_the_cluster_packages_identically_on_every_node(build):
     manifests = [(build["out"] / f"clst-64-{n}.manifest").read_text() for n in NODES]
     assert manifests[0] == manifests[1], "every node carries byte-identical package sets"
@@ -154,6 +168,11 @@ def test_root_filesystem_holds_the_node_files(build):
             assert nm["ipv4"]["address1"] == f"192.168.100.{i + 1}/24,192.168.100.254"
             agent = root / "usr/lib/ocf/resource.d/pibuild/named2"
             assert agent.stat().st_mode & 0o777 == 0o755
+            # pcsd on the node's own address and loopback only, never on a VIP; its unit reads that file.
+            pcsd_defaults = (root / "etc/default/pcsd").read_text().splitlines()
+            assert f"PCSD_BIND_ADDR='192.168.100.{i + 1},127.0.0.1,127.0.1.1'" in pcsd_defaults
+            assert "RACK_ENV=production" in pcsd_defaults
+            assert "EnvironmentFile=/etc/default/pcsd" in (root / "lib/systemd/system/pcsd.service").read_text()
             fstab = (root / "etc/fstab").read_text()
             assert f"PARTUUID={disk_id}-01" in fstab and f"PARTUUID={disk_id}-02" in fstab
             plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())

@@ -433,6 +433,17 @@ def test_cli_exports_the_bundled_example(tmp_path):
     secret = (tmp_path / "secrets/hacluster").read_text()
     assert (stage / "03-node-files/files/etc/pibuild/hacluster-password").read_text() == secret
     assert stat.S_IMODE((stage / "03-node-files/files/etc/pibuild/hacluster-password").stat().st_mode) == 0o600
+    # The export is secret material: the directory pibuild made and the stage are its owner's alone.
+    for path, want in ((tmp_path / "out", 0o700), (stage, 0o700), (tmp_path / "out/config", 0o600),
+                       (stage / "04-hacluster-password", 0o700),
+                       (stage / "04-hacluster-password/00-run-chroot.sh", 0o700)):
+        assert stat.S_IMODE(path.stat().st_mode) == want, f"{path}: {stat.S_IMODE(path.stat().st_mode):04o}"
+    # A directory that already exists is the user's: its mode is left alone.
+    (tmp_path / "mine").mkdir(mode=0o755)
+    (tmp_path / "mine").chmod(0o755)
+    assert pibuild("pigen", "dns-pm01", "-o", "mine", cwd=tmp_path).returncode == 0
+    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "mine/stage-pibuild-dns-pm01").stat().st_mode) == 0o700
     proc = pibuild("pigen", "dns-pm02", "-o", "out2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "out2/stage-pibuild-dns-pm02/03-node-files/files/etc/pibuild/hacluster-password").exists()

@@ -40,6 +40,7 @@ FIRSTBOOT_UNIT = "etc/systemd/system/pibuild-firstboot.service"
 FIRSTBOOT_LINK = "etc/systemd/system/multi-user.target.wants/pibuild-firstboot.service"
 FIRSTBOOT_JSON = "etc/pibuild/firstboot.json"
 SECRET = "etc/pibuild/hacluster-password"
+PCSD_DEFAULTS = "etc/default/pcsd"
 
 # `pcs cluster destroy` asks for confirmation from pcs 0.11 on: --force there, --yes from 0.12.
 DESTROY_CONFIRM = {"bullseye": [], "bookworm": ["--force"], "trixie": ["--yes"]}
@@ -338,6 +339,35 @@ def test_named_checkconf_catches_a_broken_file(tmp_path):
 
 # --- named2 and firstboot -----------------------------------------------------------------------------------------
 
+def pcsd_environment(path: Path) -> dict[str, str]:
+    """The variables pcsd.service gets from its EnvironmentFile (simple KEY=VALUE lines: sh reads them the same)."""
+    out = subprocess.run(["sh", "-c", 'set -a; . "$1"; env -0', "sh", str(path)], env={}, capture_output=True,
+                         text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if item)
+
+
+def test_pcsd_listens_only_on_the_node_address_and_loopback(rendered):
+    vips = {"192.168.100.11", "192.168.100.12"}
+    for node, tree in rendered.trees.items():
+        env = pcsd_environment(tree / PCSD_DEFAULTS)
+        # pcsd's own reading (pcs/daemon/env.py): comma-separated, each stripped; tornado binds each address.
+        bound = {a.strip() for a in env["PCSD_BIND_ADDR"].split(",")}
+        assert bound == {NODES[node], "127.0.0.1", "127.0.1.1"}, bound
+        assert not bound & vips and "::" not in bound and "0.0.0.0" not in bound
+        # Debian's other settings stay as the package has them.
+        assert env["RACK_ENV"] == "production"
+        assert (env["PCSD_DEBUG"], env["PCSD_DISABLE_GUI"], env["PCSD_SESSION_LIFETIME"]) == ("false", "false",
+                                                                                              "3600")
+        # pcs host auth and firstboot reach a peer's pcsd by the peer's name and address, which this file binds.
+        hosts = (tree / HOSTS).read_text()
+        assert f"{NODES[node]}\t{node}" in hosts and f"127.0.1.1\t{node}" in hosts
+        plan_ = json.loads((tree / FIRSTBOOT_JSON).read_text())
+        assert {n["address"] for n in plan_["nodes"]} == set(NODES.values())
+    # BIND, unlike pcsd, answers on every address: a VIP arrives after it started.
+    options = (rendered.trees["dns-pm01"] / NAMED_OPTIONS).read_text()
+    assert re.search(r"listen-on\s*(port 53\s*)?\{\s*any;\s*\}", options), options
+
+
 def test_named2_agent(rendered):
     source = REPO / "overlays" / "common" / NAMED2
     for tree in rendered.trees.values():
@@ -451,6 +481,8 @@ def test_hacluster_secret_only_on_the_initiator(rendered):
     initiator = rendered.trees["dns-pm01"] / SECRET
     assert initiator.read_text() == rendered.password + "\n"
     assert mode(initiator) == 0o600
+    # `render -o DIR` made DIR: its owner's alone, as every output directory pibuild makes.
+    assert {mode(tree) for tree in rendered.trees.values()} == {0o700}
     assert not (rendered.trees["dns-pm02"] / SECRET).exists()
     # The plaintext is nowhere else: not in the plan, not in another file, not on stdout.
     for node, tree in rendered.trees.items():
@@ -491,12 +523,13 @@ def test_secret_readable_by_others_is_refused(tmp_path, bad_mode):
     assert "leaked-password" not in proc.stdout + proc.stderr
 
 
-def test_empty_secret_is_refused(tmp_path):
+@pytest.mark.parametrize("content", ["\n", "two\nlines\n", "tab\tinside\n", "escape\x1b\n"])
+def test_empty_or_unprintable_secret_is_refused(tmp_path, content):
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(yaml.safe_dump(example_data(), sort_keys=False))
     secret = tmp_path / "secrets" / "hacluster"
     secret.parent.mkdir()
-    secret.write_text("\n")
+    secret.write_text(content)
     secret.chmod(0o600)
     proc = pibuild("-c", cfg, "render", "dns-pm01", "-o", tmp_path / "tree", cwd=tmp_path)
     assert proc.returncode == 1
@@ -537,6 +570,7 @@ def test_render_of_another_cluster(tmp_path):
     data["nodes"] = [{"name": f"ns{i}", "address": f"10.20.1.{i}", "model": "pi4b"} for i in (1, 2, 3)]
     data["vips"] = [{"name": "vip-a", "address": "10.20.2.1", "prefer": ["ns2", "ns1", "ns3"]}]
     data["pacemaker"].update(monitor_interval="5s", monitor_request="example.lan", migration_threshold=2)
+    del data["pacemaker"]["no_quorum_policy"]  # three nodes: Pacemaker's stop by default
     data["dns"]["allow_recursion"] = ["10.20.0.0/16"]
     tree = render_tree(data, tmp_path, node="ns3")
     assert (tree / HOSTNAME).read_text() == "ns3\n"
@@ -561,6 +595,19 @@ def test_render_of_another_cluster(tmp_path):
     assert p["commands"]["setup"][3:10] == ["lab-7", "ns1", "addr=10.20.1.1", "ns2", "addr=10.20.1.2", "ns3",
                                             "addr=10.20.1.3"]
     checked_named_conf(tree / NAMED_OPTIONS, tmp_path)
+
+
+@pytest.mark.parametrize(("extra_nodes", "policy"), [(0, "ignore"), (1, "stop")])
+def test_the_plan_sets_no_quorum_policy_by_node_count(tmp_path, extra_nodes, policy):
+    """Two nodes keep the seed's ignore (corosync's two_node keeps the survivor quorate anyway); with three, a node
+    cut off from the majority must stop its VIPs, which the majority takes over."""
+    data = example_data()
+    del data["pacemaker"]["no_quorum_policy"]
+    data["nodes"] += [{"name": "dns-pm03", "address": "192.168.100.3", "model": "pi3b"}][:extra_nodes]
+    for node in [n["name"] for n in data["nodes"]]:
+        p = json.loads((render_tree(data, tmp_path, node=node) / FIRSTBOOT_JSON).read_text())
+        assert p["commands"]["cib"][0] == ["property", "set", "stonith-enabled=false", f"no-quorum-policy={policy}"]
+        assert len(p["nodes"]) == 2 + extra_nodes
 
 
 def test_render_unknown_node(tmp_path):

@@ -136,6 +136,83 @@ def test_start_adds_and_announces_stop_removes(lan):
     assert not list(lan.rsctmp.glob("send_arp-*")), "stop leaves no announcer behind"
 
 
+def _announcer_pid(lan: Lan, ip: str = VIP) -> int:
+    """The pid send_arp wrote to the pidfile start gave it (it writes it itself, a moment after start)."""
+    pidfile = lan.rsctmp / f"send_arp-{ip}"
+    deadline = time.monotonic() + 10
+    while not (pidfile.is_file() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return int(pidfile.read_text().split()[0])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+# An announcer that keeps going for a minute, so it is still running when stop comes.
+LONG_ANNOUNCER = {"arp_count": "600", "arp_interval": "100"}
+
+
+@pytest.mark.netns
+def test_stop_ends_the_announcer_start_ran(lan):
+    assert lan.agent("start", **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+    pid = _announcer_pid(lan)
+    assert os.path.samefile(f"/proc/{pid}/exe", "/usr/libexec/heartbeat/send_arp")
+    assert lan.agent("stop", **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+    assert _gone_within(pid, 5), "stop ends its own announcer"
+    assert not (lan.rsctmp / f"send_arp-{VIP}").exists()
+
+
+@pytest.mark.netns
+def test_a_stale_pidfile_never_gets_another_process_killed(lan):
+    """The pidfile outlived its send_arp and the number now belongs to another process: neither stop nor start (whose
+    send_arp would SIGKILL whatever an existing pidfile names) may end that process."""
+    bystander = subprocess.Popen(["sleep", "300"])
+    other_vip = "10.77.0.12"
+    pidfile = lan.rsctmp / f"send_arp-{VIP}"
+    try:
+        # Another address's announcer is send_arp too, but not this address's: it must survive as well.
+        assert lan.agent("start", ip=other_vip, **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+        other_announcer = _announcer_pid(lan, other_vip)
+        for stale in (bystander.pid, other_announcer):
+            # This address's own announcer, ended by stop: nothing of it is left to write or read the pidfile.
+            assert lan.agent("start", **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+            own = _announcer_pid(lan)
+            assert lan.agent("stop", **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+            assert _gone_within(own, 5)
+            pidfile.write_text(f"{stale}\n")
+            r = lan.agent("stop", **LONG_ANNOUNCER)
+            assert r.returncode == OCF_SUCCESS, r.stderr
+            assert not pidfile.exists() and VIP not in lan.addresses()
+            pidfile.write_text(f"{stale}\n")
+            r = lan.agent("start", **LONG_ANNOUNCER)
+            assert r.returncode == OCF_SUCCESS, r.stderr
+            own = _announcer_pid(lan)
+            assert own != stale and f" inet {VIP}/24 " in lan.addresses()
+            assert lan.agent("stop", **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+            assert _gone_within(own, 5)
+            assert bystander.poll() is None, "an unrelated process was killed"
+            assert _alive(other_announcer), "another address's announcer was killed"
+        assert lan.agent("stop", ip=other_vip, **LONG_ANNOUNCER).returncode == OCF_SUCCESS
+        assert _gone_within(other_announcer, 5)
+    finally:
+        bystander.kill()
+        bystander.wait()
+        lan.agent("stop", ip=other_vip)
+        lan.agent("stop")
+
+
 @pytest.mark.netns
 def test_an_address_removed_by_hand_fails_the_monitor(lan):
     assert lan.agent("start").returncode == OCF_SUCCESS
