@@ -590,8 +590,23 @@ def test_initiator_first_boot_runs_the_steps_in_order(node, release):
     assert rc == 0, run.output
     assert node.argvs() == initiator_sequence(p, node.cib_file)
     node.assert_formed_and_done()
-    assert "deleted the plaintext hacluster password" in run.output
+    assert "overwrote and deleted the plaintext hacluster password" in run.output
     assert run.output.splitlines()[-1].startswith(f"cluster {p['cluster']} is formed")
+
+
+def test_the_plaintext_is_overwritten_in_place_before_it_is_unlinked(node):
+    """A hard link to the password file sees the same inode: after the run it holds only NUL bytes, so the blocks
+    the card frees no longer carry the password."""
+    p = node.install(make_plan(example_data(), "dns-pm01"))
+    secret = node.path(p["password_file"])
+    link = node.tmp / "secret-link"
+    os.link(secret, link)
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    assert not secret.exists()
+    assert link.read_bytes() == b"\0" * len(PASSWORD + "\n")
 
 
 # The shape the image's pcs makes of the example's plan (builder/cib.py), trimmed to what the merge must handle.
