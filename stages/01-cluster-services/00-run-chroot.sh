@@ -3,7 +3,7 @@
 # no node ever starts it and firstboot has nothing to destroy (`pcs cluster destroy` took 50-210 s of the first
 # boot under QEMU). dpkg keeps a deleted conffile deleted on upgrades.
 rm -f /etc/corosync/corosync.conf
-# Keep both services off until `pcs cluster setup --enable` turns them on with the real cluster.
+# Keep both services off until firstboot turns them on with the real cluster (its corosync.conf and authkey here).
 systemctl disable corosync.service pacemaker.service
-# pcsd carries `pcs host auth` and `cluster setup` between the nodes; BIND is owned by systemd, not Pacemaker.
+# pcsd carries `pcs host auth` and the cluster's files between the nodes; BIND is owned by systemd, not Pacemaker.
 systemctl enable pcsd.service named.service
