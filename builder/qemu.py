@@ -428,7 +428,6 @@ class Vm:
     cpus: int = 1
     tap: str | None = None             # a tap device (lab); None: an isolated user-mode network (restrict=on)
     mac: str | None = None
-    extra_cmdline: tuple[str, ...] = ()
     accel: str | None = None           # None: accel_for()
     autologin: bool = True
     # Under TCG the guest runs several times slower than a Pi (more so on a busy host): systemd's 90 s default
@@ -511,9 +510,9 @@ class Vm:
                 "-kernel", str(self.workdir / boot.kernel)]
         if boot.initrd:
             argv += ["-initrd", str(self.workdir / boot.initrd)]
-        extra = self.extra_cmdline
+        extra: tuple[str, ...] = ()
         if accel == "tcg" and self.tcg_tuning:
-            extra = (*arch.tcg_cmdline, *extra)
+            extra = arch.tcg_cmdline
         if accel == "tcg" and self.tcg_start_timeout:
             extra = (f"systemd.default_timeout_start_sec={self.tcg_start_timeout}", *extra)
         argv += ["-append", guest_cmdline(boot.cmdline, arch.console, extra)]
