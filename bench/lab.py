@@ -26,7 +26,9 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-SEED_KEYS = ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop")
+sys.path.insert(0, str(REPO))
+
+from builder.lab import REACTION_KEYS  # noqa: E402
 
 
 def machine(arch: str) -> str:
@@ -39,7 +41,7 @@ def machine(arch: str) -> str:
 def defaults_config(source: Path, workdir: Path) -> tuple[Path, str]:
     """The config without the keys that pin the seed's reaction times: pibuild's defaults. Returns it and its arch."""
     data = yaml.safe_load(source.read_text())
-    for key in SEED_KEYS:
+    for key in REACTION_KEYS:
         data.get("pacemaker", {}).pop(key, None)
     secrets = data.get("secrets", {}).get("hacluster_password_file")
     if secrets and not Path(secrets).is_absolute():  # the images were built with the one beside the config

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -509,6 +509,9 @@ class Settings:
 
 # The seed's: `op monitor interval=10s`, named's 5 s query, no reaction, corosync's default token.
 SEED = Settings("seed", "10s", 5, False, 3000)
+# The pacemaker.* keys of cluster.yaml that a drill sets on the running cluster (the bundled example pins them to
+# the seed's values; without them a config drills with pibuild's defaults).
+REACTION_KEYS = tuple(f.name for f in fields(Settings) if f.name != "name")
 
 
 def settings_of(cluster: Cluster, name: str = "config") -> Settings:

@@ -108,8 +108,6 @@ def test_outage_table_side_by_side():
 
 EXAMPLE_IMAGES = ("clst-01-dns-pm01.img", "clst-01-dns-pm02.img")
 ARM64_CONFIG = Path(__file__).resolve().parent / "configs" / "arm64.yaml"
-# The seed's reaction settings the bundled example carries; dropped, so the lab drills with pibuild's defaults.
-SEED_KEYS = ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop")
 
 
 def namespaces() -> list[str]:
@@ -139,7 +137,7 @@ def lab_config(cwd: Path, arch: str) -> str:
     """Write the lab's cluster.yaml into cwd; returns the cluster's name."""
     source = resources.example_config() if arch == "armhf" else ARM64_CONFIG
     data = yaml.safe_load(source.read_text())
-    for key in SEED_KEYS:
+    for key in lab.REACTION_KEYS:  # the example's seed values dropped: the lab drills with pibuild's defaults
         data.get("pacemaker", {}).pop(key, None)
     (cwd / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data["cluster"]["name"]
