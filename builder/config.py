@@ -158,6 +158,8 @@ class Cluster:
     network: Network
     login: Login
     hacluster_password_file: Path
+    # The cluster's corosync secret: every card's corosync authkey is derived from it (builder/secrets.py).
+    corosync_key_file: Path
     nodes: tuple[Node, ...]
     vips: tuple[Vip, ...]
     pacemaker: Pacemaker
@@ -189,7 +191,7 @@ KNOWN_KEYS = {
     "base": ("source", "release", "arch", "url", "sha256", "path", "mirror", "updates"),
     "network": ("interface", "prefix", "gateway", "dns"),
     "login": ("user", "ssh_authorized_keys", "password_hash"),
-    "secrets": ("hacluster_password_file",),
+    "secrets": ("hacluster_password_file", "corosync_key_file"),
     "node": ("name", "address", "model"),
     "vip": ("name", "address", "prefer", "group", "monitor"),
     "pacemaker": ("stonith_enabled", "no_quorum_policy", "migration_threshold", "monitor_interval", "monitor_timeout",
@@ -417,6 +419,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
     sec = r.section(data, "secrets", "secrets", required=False)
     secret = r.get(sec, "secrets", "hacluster_password_file", str, "secrets/hacluster")
     secret_path = (base_dir / secret).expanduser()
+    key_path = (base_dir / r.get(sec, "secrets", "corosync_key_file", str, "secrets/corosync-key")).expanduser()
 
     # nodes
     nodes: list[Node] = []
@@ -590,8 +593,8 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
 
     if r.problems:
         raise ConfigError(str(source), r.problems)
-    return Cluster(name, base, Network(interface, prefix, gateway, dns), login, secret_path, tuple(nodes),
-                   tuple(vips), pm, Dns(tuple(acl)), source, tuple(r.warnings))
+    return Cluster(name, base, Network(interface, prefix, gateway, dns), login, secret_path, key_path,
+                   tuple(nodes), tuple(vips), pm, Dns(tuple(acl)), source, tuple(r.warnings))
 
 
 def _mappings(items) -> list[tuple[int, dict]]:

@@ -16,6 +16,9 @@ PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 # Where `pcs cluster setup --corosync_conf` writes on the initiator; firstboot moves it into place whole.
 STAGED_COROSYNC_CONF = f"{STATE_DIR}/corosync.conf.new"
 COROSYNC_AUTHKEY = "/etc/corosync/authkey"
+# The cluster's corosync authkey as the image carries it (builder/secrets.py); firstboot installs it as
+# COROSYNC_AUTHKEY, where `pcs cluster destroy` would have removed it.
+SHIPPED_AUTHKEY = "/etc/pibuild/corosync-authkey"
 NAMED2_AGENT = "ocf:pibuild:named2"
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5
@@ -89,8 +92,10 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
     setup = ["pcs", "cluster", "setup", cluster.name]
     for n in cluster.nodes:
         setup += [n.name, f"addr={n.address}"]
-    # Local mode: no pcsd is asked to destroy, enable or start anything (see firstboot/pibuild-firstboot).
-    setup += ["totem", f"token={cluster.pacemaker.token_ms}", "--corosync_conf", STAGED_COROSYNC_CONF, "--overwrite"]
+    # Local mode: no pcsd is asked anything; every node makes the same file (no random cluster UUID), so a node
+    # needs no other node to have it (see firstboot/pibuild-firstboot).
+    setup += ["totem", f"token={cluster.pacemaker.token_ms}", *release.pcs.setup_reproducible,
+              "--corosync_conf", STAGED_COROSYNC_CONF, "--overwrite"]
     return {
         "cluster": cluster.name,
         "node": node.name,
@@ -101,15 +106,13 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
         "pcsd_port": PCSD_PORT,
         "password_file": PASSWORD_PATH,
         "staged_corosync_conf": STAGED_COROSYNC_CONF,
+        "shipped_authkey": SHIPPED_AUTHKEY,
         "state_dir": STATE_DIR,
         "pcs_version": release.pcs.version,
         "commands": {
             "destroy": ["pcs", "cluster", "destroy", *release.pcs.destroy_confirm],
             "auth": ["pcs", "host", "auth", *[n.name for n in cluster.nodes], "-u", "hacluster"],
             "setup": setup,
-            # Through pcsd to every node, the authkey before corosync.conf; firstboot adds --request-timeout.
-            "authkey": ["pcs", "cluster", "authkey", "corosync", COROSYNC_AUTHKEY],
-            "sync": ["pcs", "cluster", "sync"],
             # What `pcs cluster enable` and `pcs cluster start` run, as one local call on each node.
             "start": ["systemctl", "enable", "--now", "corosync.service", "pacemaker.service"],
             "cib": cib_commands(cluster),
