@@ -914,7 +914,7 @@ def test_a_node_that_stays_offline_keeps_the_initiator_waiting(node):
 
     line = run.wait_for("waiting for dns-pm02 to come online")
     # Its pcsd answers: the line says why it may stay out.
-    assert "dns-pm02 answer(s) on pcsd but are not in this node's cluster" in line
+    assert "dns-pm02 answers on pcsd but is not in this node's cluster" in line
     time.sleep(0.2)
     assert not node.path(node.plan["state_dir"] + "/firstboot.done").exists()
     # Nothing is authenticated or pushed before every node is online here.
@@ -1098,7 +1098,7 @@ def test_a_card_of_another_cluster_waits_and_touches_nothing(node, role):
 
     line = run.wait_for("to come online in cluster clst-01")
     peer = "dns-pm02" if p["is_initiator"] else "dns-pm01"
-    assert f"{peer} answer(s) on pcsd but are not in this node's cluster" in line
+    assert f"{peer} answers on pcsd but is not in this node's cluster" in line
     assert "another cluster.name, node list or corosync secret never joins this one" in line
     time.sleep(0.3)  # several more polls
 
