@@ -38,10 +38,6 @@ class Invalid(Exception):
     """A value that cannot be used; its message is the fix."""
 
 
-class Warn(str):
-    """A check's finding that is accepted but worth a look: printed as a warning, not refused."""
-
-
 class Absent(str):
     """A check's finding that reports the key as missing: an empty list says no more than leaving the key out."""
 
@@ -103,7 +99,7 @@ class Key:
     kind: Kind
     default: Any
     doc: str
-    # The value (written, or the default) -> None, or the fix (a str; Warn, Absent); the value is kept either way.
+    # The value (written, or the default) -> None, or the fix (a str, or an Absent); the value is kept either way.
     check: Callable[[Any], str | None] | None = None
     # A list's items: each item -> the item used, or Invalid(fix) to refuse it.
     each: Callable[[Any], Any] | None = None
@@ -133,7 +129,7 @@ class Reader:
         self.warnings: list[str] = []
         # Keys whose value holds a control character: reported once, as that, not again by the key's own rule.
         self.unprintable: set[str] = set()
-        # By key path ("nodes[1].name"): the value as written (or its default) and the value used.
+        # By key path ("nodes[1].name"): the value read (or its default) before its items were, and the value used.
         self.written: dict[str, Any] = {}
         self.values: dict[str, Any] = {}
 
@@ -143,10 +139,14 @@ class Reader:
         self.problems.append(f"{key}: {value!r}: {fix}")
 
     def in_file_order(self) -> list[str]:
-        """The problems by section in the schema's order (a rule across keys reports after every key was read)."""
+        """The problems by section in the schema's order (a rule across keys reports after every key was read);
+        unknown top-level keys first."""
         sections = children(self.keys, "")
-        return sorted(self.problems, key=lambda p: sections.index(s) if (s := re.split(r"[.\[:]", p)[0]) in
-                      sections else -1)
+
+        def section(problem: str) -> int:
+            name = re.split(r"[.\[:]", problem)[0]
+            return sections.index(name) if name in sections else -1
+        return sorted(self.problems, key=section)
 
     def warn(self, key: str, value: Any, what: str) -> None:
         self.warnings.append(f"{key}: {value!r}: {what}")
@@ -171,13 +171,13 @@ class Reader:
         self.control_characters(data)
         self._unknown(data, "", children(self.keys, ""))
         for name in children(self.keys, ""):
-            inner = children(self.keys, name)
-            if inner and not (key := find(self.keys, name)):
-                section = self._section(data, name, any(find(self.keys, f"{name}.{k}").required for k in inner))
-                for k in inner:
-                    self.values[f"{name}.{k}"] = self._key(section, name, find(self.keys, f"{name}.{k}"))
-            else:
-                self.values[name] = self._key(data, "", key or find(self.keys, name))
+            if key := find(self.keys, name):
+                self.values[name] = self._key(data, "", key)
+                continue
+            inner = [find(self.keys, f"{name}.{k}") for k in children(self.keys, name)]
+            section = self._section(data, name, any(k.required for k in inner))
+            for k in inner:
+                self.values[k.path] = self._key(section, name, k)
         return self.values
 
     def _section(self, data: dict, name: str, required: bool) -> dict:
@@ -206,7 +206,7 @@ class Reader:
             if key.required:
                 self.problem(full, MISSING, f"required{': ' + what if what else ''}")
                 return None
-            value = key.default.compute(self.values, index) if isinstance(key.default, Computed) else key.default
+            value = self._default(key, index)
             written: Any = MISSING
         else:
             written = value
@@ -216,18 +216,19 @@ class Reader:
                 self.problem(full, written, str(bad))
                 if key.required:
                     return None
-                value = key.default.compute(self.values, index) if isinstance(key.default, Computed) else key.default
+                value = self._default(key, index)
         self.written[full] = value
         found = key.check(value) if key.check and value is not None else None
-        if isinstance(found, Warn):
-            self.warn(full, value, found)
-        elif isinstance(found, Absent):
-            self.problem(full, MISSING if not value else value, found)
+        if isinstance(found, Absent):
+            self.problem(full, MISSING, found)
         elif found:
             self.problem(full, written if written is not MISSING else value, found)
         if isinstance(value, list):
             value = tuple(self._items(full, key, value))
         return value
+
+    def _default(self, key: Key, index: int | None) -> Any:
+        return key.default.compute(self.values, index) if isinstance(key.default, Computed) else key.default
 
     def _items(self, full: str, key: Key, items: list):
         """The items of a list: each item through key.each, or, for a list of mappings, each of its keys."""
