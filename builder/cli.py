@@ -132,6 +132,7 @@ _register_optional("flash", "builder.cli_flash", "flash_cmd", "Write an image to
 _register_optional("smoke", "builder.smoke", "smoke_cmd", "Boot the image in QEMU and check it; exit 0 or 1.")
 _register_optional("lab", "builder.lab", "lab_cmd", "The whole cluster in QEMU on a virtual LAN; failover drills.")
 _register_optional("pigen", "builder.export", "pigen_cmd", "Export the stages as a pi-gen stage directory + config.")
+_register_optional("clients", "builder.cli_clients", "clients_cmd", "Print the LAN clients' DNS configuration.")
 
 
 def main(argv: list[str] | None = None) -> None:
