@@ -297,23 +297,27 @@ def dns_lan():
             subprocess.run(["ip", "netns", "delete", ns], check=False)
 
 
-@pytest.fixture
-def resolv_confs(tmp_path):
-    """The generated resolv.conf (recommended options) and the same without options (glibc's defaults), for a
-    cluster whose VIPs are the two servers' addresses."""
+def generated(tmp_path: Path, vips: tuple[str, ...] = SERVERS) -> tuple[Path, Path]:
+    """`pibuild clients`'s resolv.conf (recommended options) and the same without options (glibc's defaults),
+    for a cluster whose VIPs are `vips`."""
     data = yaml.safe_load(resources.example_config().read_text())
     data["network"] = {**data["network"], "gateway": "10.98.0.254", "dns": ["10.98.0.254"]}
     data["nodes"] = [{**n, "address": f"10.98.0.{101 + i}"} for i, n in enumerate(data["nodes"])]
-    data["vips"] = [{**v, "address": a} for v, a in zip(data["vips"], SERVERS, strict=True)]
+    data["vips"] = [{**v, "address": a} for v, a in zip(data["vips"], vips, strict=True)]
     data["dns"] = {"allow_recursion": ["10.98.0.0/24"]}
     cfg = tmp_path / "cluster.yaml"
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     cluster = config.load(cfg)
-    recommended, defaults = tmp_path / "resolv.recommended", tmp_path / "resolv.defaults"
+    recommended, defaults = tmp_path / f"resolv.recommended.{vips[0]}", tmp_path / f"resolv.defaults.{vips[0]}"
     recommended.write_text(clients.resolv_conf(cluster))
     defaults.write_text(clients.resolv_conf(cluster, None))
     assert "options timeout:1 attempts:3" in recommended.read_text() and "options" not in defaults.read_text()
     return recommended, defaults
+
+
+@pytest.fixture
+def resolv_confs(tmp_path):
+    return generated(tmp_path)
 
 
 @pytest.mark.netns
@@ -350,8 +354,21 @@ def test_the_kernels_icmp_rate_limit_turns_a_busy_clients_refusals_into_timeouts
     """Linux sends one ICMP error a second to each peer (net.ipv4.icmp_ratelimit, a burst of 6): a client asking
     a closed port more often than that (two queries a lookup, A and AAAA) meets silence, so a lookup waits the
     whole timeout. What a stopped BIND whose address stays costs a busy client."""
-    _, defaults = resolv_confs
+    recommended, defaults = resolv_confs
     dns_lan.stop(SERVERS[0])
     rows = dns_lan.lookups(defaults, 2.0)   # 5 lookups a second
     assert all(x.ok for x in rows) and all(x.s < 0.5 for x in rows[:3]), rows   # the burst
     assert any(4.9 <= x.s <= 6.0 for x in rows), rows
+    s = lookups.summarize(dns_lan.lookups(recommended, 2.0))   # the bucket is empty now: silence costs 1 s
+    assert s.failed == 0 and 0.9 <= s.worst_s <= 1.6, s
+
+
+@pytest.mark.netns
+def test_an_address_nobody_holds_costs_glibc_the_arp_timeout(dns_lan, tmp_path):
+    """Nobody answers ARP for the first nameserver (a VIP that is on no node, not in the client's ARP cache): the
+    kernel gives up after its three ARP probes, about 3 s, and only then tells glibc "host unreachable"."""
+    recommended, defaults = generated(tmp_path, ("10.98.0.3", SERVERS[1]))
+    s = lookups.summarize(dns_lan.lookups(defaults, 0.3))
+    assert s.failed == 0 and 2.5 <= s.worst_s <= 3.6, s
+    s = lookups.summarize(dns_lan.lookups(recommended, 0.3))
+    assert s.failed == 0 and 0.9 <= s.worst_s <= 1.6, s
