@@ -12,11 +12,13 @@ thread, so each lookup starts afresh, as each new process does. One JSON line pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -125,6 +127,53 @@ def summarize(lookups: list[Lookup], since: float = 0.0, until: float | None = N
     worst = max(mine, key=lambda x: x.s, default=None)
     return Summary(len(mine), round(worst.s, 2) if worst else 0.0, sum(x.s > SLOW_S for x in mine),
                    sum(not x.ok for x in mine), worst.t if worst else None)
+
+
+# ---- the lab's clients: one with glibc's defaults, one with pibuild's recommended options ------------------------
+
+def client_configs(cluster) -> dict[str, str]:
+    """name -> resolv.conf: the VIPs, with glibc's defaults and with `pibuild clients`'s recommended options."""
+    from builder import clients
+    return {"defaults": clients.resolv_conf(cluster, None), "recommended": clients.resolv_conf(cluster)}
+
+
+@contextlib.contextmanager
+def running(ns: str, workdir: Path, cluster):
+    """Both clients looking names up in the namespace for as long as the block runs; yields name -> the JSON-lines
+    file of its lookups."""
+    procs, files = [], {}
+    try:
+        for name, text in client_configs(cluster).items():
+            conf = workdir / f"resolv.{name}"
+            conf.write_text(text)
+            files[name] = workdir / f"lookups-{name}-{int(time.time())}.jsonl"
+            with open(files[name], "w") as out:
+                procs.append(subprocess.Popen(
+                    ["ip", "netns", "exec", ns, sys.executable, "-m", "builder.lookups", "--resolv-conf", str(conf)],
+                    stdout=out, stderr=subprocess.DEVNULL))
+        (workdir / "lookups.pids").write_text(" ".join(str(p.pid) for p in procs))
+        time.sleep(1.0)
+        yield files
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(DRAIN_S + 5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        (workdir / "lookups.pids").unlink(missing_ok=True)
+
+
+def figures(files: dict[str, Path], since: float, until: float | None) -> dict:
+    """The clients' figures for lookups that started in [since, until), as `lab drill --json` carries them:
+    glibc_<client>_worst_s, _over_1s, _failed, _lookups."""
+    out = {}
+    for name, path in files.items():
+        with open(path, errors="replace") as f:
+            out.update(summarize(parse_lines(f), since, until).as_dict(f"glibc_{name}_"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -372,3 +372,15 @@ def test_an_address_nobody_holds_costs_glibc_the_arp_timeout(dns_lan, tmp_path):
     assert s.failed == 0 and 2.5 <= s.worst_s <= 3.6, s
     s = lookups.summarize(dns_lan.lookups(recommended, 0.3))
     assert s.failed == 0 and 0.9 <= s.worst_s <= 1.6, s
+
+
+def test_figures_per_client_for_a_window(tmp_path):
+    files = {}
+    for name, durations in (("defaults", [0.01, 5.02, 0.01]), ("recommended", [0.01, 1.01, 0.01])):
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"t": 10.0 + i, "s": s, "ok": True, "error": None}) + "\n"
+                                       for i, s in enumerate(durations)))
+    got = lookups.figures(files, 11.0, 12.0)
+    assert got == {"glibc_defaults_lookups": 1, "glibc_defaults_worst_s": 5.02, "glibc_defaults_over_1s": 1,
+                   "glibc_defaults_failed": 0, "glibc_recommended_lookups": 1, "glibc_recommended_worst_s": 1.01,
+                   "glibc_recommended_over_1s": 1, "glibc_recommended_failed": 0}
