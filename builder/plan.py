@@ -54,9 +54,12 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
                 "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}"]
 
     def vip_address(vip) -> list[str]:
+        # pibuild's agent migrates: a planned move (BIND stopped, failback) adds the address on the new node
+        # before the old one lets go, so a client never meets a silent address (which costs glibc its timeout).
+        migrate = ["meta", "allow-migrate=true"] if pm.address_agent == "vip" else []
         return ["resource", "create", vip.name, ADDRESS_AGENTS[pm.address_agent], f"ip={vip.address}",
                 f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
-                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}"]
+                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}", *migrate]
 
     if pm.layout == "clone":
         # BIND is watched on every node all the time, so a failover only moves an address: no monitor has to
