@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # Set up a Debian machine to build, test and boot pibuild images: Debian tools (apt) and pibuild itself in .venv.
-# Idempotent; run as root.
+# Idempotent; runs as root (through sudo when started by another user).
 set -euo pipefail
+# shellcheck source=scripts/as-root.sh
+. "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 
-if [ "$(id -u)" -ne 0 ]; then
-	echo "scripts/setup.sh: run as root (apt-get, loop devices, chroot): sudo $0" >&2
-	exit 2
-fi
 
 # Host tools, each named where pibuild uses it (builder/tools.py maps a missing tool to its package).
 packages=(
