@@ -176,6 +176,20 @@ def figures(files: dict[str, Path], since: float, until: float | None) -> dict:
     return out
 
 
+def client_table(rows: list[dict]) -> str:
+    """What the lab's glibc clients felt during each failover (`lab drill` rows): worst lookup, lookups over 1 s,
+    failed lookups, per scenario and settings."""
+    lines = [f"{'glibc client':<15}{'settings':<10}{'defaults: worst':>17}{'>1 s':>6}{'failed':>8}"
+             f"{'recommended: worst':>20}{'>1 s':>6}{'failed':>8}"]
+    for r in {(r["scenario"], r["settings"]): r for r in rows}.values():
+        if "glibc_defaults_worst_s" not in r:
+            continue
+        cells = "".join(f"{r[f'glibc_{c}_worst_s']:>{w}.2f} s{r[f'glibc_{c}_over_1s']:>6}{r[f'glibc_{c}_failed']:>8}"
+                        for c, w in (("defaults", 15), ("recommended", 18)))
+        lines.append(f"{r['scenario']:<15}{r['settings']:<10}{cells}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m builder.lookups", description=__doc__.splitlines()[0])
     p.add_argument("--resolv-conf", type=Path, required=True, help="the client's /etc/resolv.conf")

@@ -384,3 +384,13 @@ def test_figures_per_client_for_a_window(tmp_path):
     assert got == {"glibc_defaults_lookups": 1, "glibc_defaults_worst_s": 5.02, "glibc_defaults_over_1s": 1,
                    "glibc_defaults_failed": 0, "glibc_recommended_lookups": 1, "glibc_recommended_worst_s": 1.01,
                    "glibc_recommended_over_1s": 1, "glibc_recommended_failed": 0}
+
+
+def test_client_table_one_line_per_scenario_and_settings():
+    row = {"scenario": "named-stop", "settings": "config", "glibc_defaults_worst_s": 5.01,
+           "glibc_defaults_over_1s": 3, "glibc_defaults_failed": 0, "glibc_recommended_worst_s": 1.02,
+           "glibc_recommended_over_1s": 1, "glibc_recommended_failed": 2}
+    rows = [{**row, "vip": "a"}, {**row, "vip": "b"}, {**row, "vip": "a", "settings": "seed"}]
+    lines = lookups.client_table(rows).splitlines()
+    assert len(lines) == 3
+    assert lines[1].split() == ["named-stop", "config", "5.01", "s", "3", "0", "1.02", "s", "1", "2"]
