@@ -20,14 +20,14 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import click
 import pexpect
 import pexpect.fdpexpect
 
-from builder import netns, plan, probe, qemu, tools
+from builder import lookups, netns, plan, probe, qemu, tools
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
 
@@ -516,6 +516,8 @@ class Drill:
     lab: Lab
     cons: dict[str, NodeConsole]
     samples_file: Path
+    # The glibc clients' lookups (builder.lookups): client name -> JSON-lines file.
+    glibc: dict[str, Path] = field(default_factory=dict)
 
     def samples(self, since: float) -> list[probe.Sample]:
         with open(self.samples_file, errors="replace") as f:
@@ -611,11 +613,14 @@ class Drill:
         say(f"{scenario}: {'healthy again' if ok else 'NOT healthy again'} "
             f"({time.time() - recovery:.0f} s after the recovery began)")
         samples = self.samples(event)
+        # What the glibc clients felt from the event until recovery began (they use both VIPs: one figure per
+        # scenario, on each of its rows).
+        clients = lookups.figures(self.glibc, event, recovery) if self.glibc else {}
         rows = []
         for vip in self.lab.cluster.vips:
             o = probe.outage(samples, vip.address, event, recovery)
             rows.append({"scenario": scenario, "vip": vip.address, "outage_s": o.outage_s,
-                         "recovered": o.recovered and ok, "failback_s": o.failback_s, "node": target})
+                         "recovered": o.recovered and ok, "failback_s": o.failback_s, "node": target, **clients})
         return rows
 
     def event(self, scenario: str, node: LabNode) -> None:
@@ -686,8 +691,8 @@ def prober(lab: Lab):
 
 def drill(lab: Lab, scenarios: list[str], settings: list[Settings]) -> list[dict]:
     rows: list[dict] = []
-    with consoles(lab) as cons, prober(lab) as samples:
-        d = Drill(lab, cons, samples)
+    with consoles(lab) as cons, prober(lab) as samples, lookups.running(lab.ns, lab.dir, lab.cluster) as glibc:
+        d = Drill(lab, cons, samples, glibc)
         try:
             for s in settings:
                 apply_settings(lab, d.cons, s)
