@@ -131,6 +131,10 @@ def summarize(lookups: list[Lookup], since: float = 0.0, until: float | None = N
 
 # ---- the lab's clients: one with glibc's defaults, one with pibuild's recommended options ------------------------
 
+# Two lookups a second per client (four queries: A and AAAA): on emulated nodes under a loaded host, five a second
+# on top of the raw probe's twenty queries made BIND miss named2's monitor, and the cluster stopped every instance.
+LAB_INTERVAL_S = 0.5
+
 def client_configs(cluster) -> dict[str, str]:
     """name -> resolv.conf: the VIPs, with glibc's defaults and with `pibuild clients`'s recommended options."""
     from builder import clients
@@ -138,7 +142,7 @@ def client_configs(cluster) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running(ns: str, workdir: Path, cluster):
+def running(ns: str, workdir: Path, cluster, interval: float = LAB_INTERVAL_S):
     """Both clients looking names up in the namespace for as long as the block runs; yields name -> the JSON-lines
     file of its lookups."""
     procs, files = [], {}
@@ -149,7 +153,8 @@ def running(ns: str, workdir: Path, cluster):
             files[name] = workdir / f"lookups-{name}-{int(time.time())}.jsonl"
             with open(files[name], "w") as out:
                 procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "builder.lookups", "--resolv-conf", str(conf)],
+                    ["ip", "netns", "exec", ns, sys.executable, "-m", "builder.lookups", "--resolv-conf", str(conf),
+                     "--interval", str(interval)],
                     stdout=out, stderr=subprocess.DEVNULL))
         (workdir / "lookups.pids").write_text(" ".join(str(p.pid) for p in procs))
         time.sleep(1.0)
