@@ -14,14 +14,25 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from builder import __version__, base, cache, chroot, cib, mounts, plan, render, resources, secrets, stages, tools
+from builder import (
+    __version__,
+    base,
+    cache,
+    chroot,
+    cib,
+    mounts,
+    plan,
+    progress,
+    render,
+    resources,
+    secrets,
+    stages,
+    tools,
+)
 from builder.config import Cluster
 from builder.errors import NeedsRoot, PibuildError
 from builder.releases import RELEASES
@@ -65,15 +76,13 @@ INJECT_FAILURE_ENV = "PIBUILD_TEST_FAIL_IN_PHASE"
 
 
 @contextlib.contextmanager
-def phase(what: str) -> Iterator[None]:
-    """Announce a phase and its duration."""
-    click.echo(f"==> {what}", err=True)
-    started = time.monotonic()
-    yield
-    inject = os.environ.get(INJECT_FAILURE_ENV)
-    if inject and inject in what:
-        raise PibuildError(f"{what}: failure injected by {INJECT_FAILURE_ENV} (a test)")
-    click.echo(f"    {what}: done in {time.monotonic() - started:.1f}s", err=True)
+def phase(what: str) -> Iterator[progress.Phase]:
+    """A progress phase of the build, which a test can make fail at its end (INJECT_FAILURE_ENV)."""
+    with progress.phase(what) as ph:
+        yield ph
+        inject = os.environ.get(INJECT_FAILURE_ENV)
+        if inject and inject in what:
+            raise PibuildError(f"{what}: failure injected by {INJECT_FAILURE_ENV} (a test)")
 
 
 def check_host() -> None:
@@ -109,7 +118,7 @@ def cluster_image(cluster: Cluster) -> Path:
     key = cluster_key(cluster)
     entry = cache.lookup("cluster", key)
     if entry is not None:
-        click.echo(f"==> cluster image: cached ({key[:12]})", err=True)
+        progress.say(f"==> cluster image: cached ({key[:12]})")
         return entry
     check_host()
     with cache.locked("cluster", key):
@@ -129,11 +138,11 @@ def cluster_image(cluster: Cluster) -> Path:
 def _build_debian(cluster: Cluster, tmp: Path, disk_id: str) -> None:
     rootfs = tmp / "rootfs"
     with phase(f"debian base: mmdebstrap {cluster.base.release} {cluster.base.arch} (the long part)"):
-        base.mmdebstrap(cluster, rootfs, log=lambda s: click.echo(s, err=True))
+        base.mmdebstrap(cluster, rootfs)
     with phase("stages"):
         base.lay_debian_files(rootfs, disk_id)
         with chroot.chroot(rootfs, cluster.base.arch) as ch:
-            stages.run_stages(ch, cluster, packages_installed=True, log=lambda s: click.echo(s, err=True))
+            stages.run_stages(ch, cluster, packages_installed=True)
             base.finish_debian(ch)
     write_manifest(rootfs, tmp / "manifest")
     with phase("disk image"):
@@ -155,7 +164,7 @@ def _build_from_image(cluster: Cluster, tmp: Path) -> None:
     with phase("stages"), mounts.partition_mounted(image, layout.root_offset, layout.root_size,
                                                     tmp / "mnt") as root:
         with chroot.chroot(root, cluster.base.arch) as ch:
-            stages.run_stages(ch, cluster, packages_installed=False, log=lambda s: click.echo(s, err=True))
+            stages.run_stages(ch, cluster, packages_installed=False)
         write_manifest(root, tmp / "manifest")
 
 
@@ -269,7 +278,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         final = outdir / f"{name}.img"
         if final.exists() and stamp.exists() and stamp.read_text().strip() == node_key and all(
                 (outdir / f"{name}{s}").exists() for s in (".img.sha256", ".img.bmap", ".manifest")):
-            click.echo(f"==> {final}: up to date", err=True)
+            progress.say(f"==> {final}: up to date")
             os.chmod(final, IMAGE_MODE)  # an image of an older pibuild was world-readable
             built.append(final)
             continue
@@ -278,7 +287,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         check_host()
         build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name, cib_configuration)
         stamp.write_text(node_key + "\n")
-        click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
+        progress.say(f"    {final} ({final.stat().st_size // MIB} MiB)")
         built.append(final)
     return built
 

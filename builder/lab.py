@@ -23,11 +23,10 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import click
 import pexpect
 import pexpect.fdpexpect
 
-from builder import netns, plan, probe, qemu, tools
+from builder import netns, plan, probe, progress, qemu, tools
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
 
@@ -98,11 +97,6 @@ def lab_for(cluster: Cluster) -> Lab:
     d = STATE_ROOT / cluster.name
     nodes = tuple(LabNode(n.name, n.address, f"tap{i}", d / n.name) for i, n in enumerate(cluster.nodes))
     return Lab(cluster, d, f"pibuild-{cluster.name}", nodes, client_addresses(cluster))
-
-
-def say(message: str) -> None:
-    """Progress, timestamped, on stderr: stdout carries only results (`drill --json` is parsed)."""
-    click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
 
 
 # ---- the VMs -------------------------------------------------------------------------------------------------
@@ -293,10 +287,10 @@ def up(lab: Lab, images: Path) -> float:
     try:
         return _up(lab, images, found)
     except BaseException:
-        say("lab up failed: tearing the lab down")
+        progress.say("lab up failed: tearing the lab down")
         _keep_logs(lab)
         for what in down(lab):
-            say(f"  removed {what}")
+            progress.say(f"  removed {what}")
         raise
 
 
@@ -306,19 +300,19 @@ def _up(lab: Lab, images: Path, found: dict[str, Path]) -> float:
     (lab.dir / "lab.json").write_text(json.dumps({"ns": lab.ns, "images": str(images.resolve()),
                                                   "client": lab.client, "started": time.time()}))
     netns.create(lab.ns, [n.tap for n in lab.nodes], list(lab.client), lab.cluster.network.prefix)
-    say(f"namespace {lab.ns}: bridge {netns.BRIDGE}, taps {', '.join(n.tap for n in lab.nodes)}, "
+    progress.say(f"namespace {lab.ns}: bridge {netns.BRIDGE}, taps {', '.join(n.tap for n in lab.nodes)}, "
         f"client {', '.join(lab.client)}")
     for node in lab.nodes:
         node.dir.mkdir()
         prepare_vm(lab, node, found[node.name])
         start_vm(lab, node)
-        say(f"{node.name}: QEMU started (pid {vm_pid(node)}), serial log {node.log}")
+        progress.say(f"{node.name}: QEMU started (pid {vm_pid(node)}), serial log {node.log}")
     wait_booted(lab, start)
     with consoles(lab) as cons:
         wait_formed(lab, cons, start)
     wait_vips(lab, start)
     took = time.monotonic() - start
-    say(f"lab up: cluster {lab.cluster.name} formed and every VIP answers, in {took:.0f} s")
+    progress.say(f"lab up: cluster {lab.cluster.name} formed and every VIP answers, in {took:.0f} s")
     return took
 
 
@@ -330,7 +324,7 @@ def wait_booted(lab: Lab, start: float) -> None:
             if vm_pid(node) is None:
                 raise PibuildError(f"{name}: QEMU exited during boot; see {node.log}")
             if "login: " in node.log.read_text(errors="replace"):
-                say(f"{name}: booted to the login prompt ({time.monotonic() - start:.0f} s)")
+                progress.say(f"{name}: booted to the login prompt ({time.monotonic() - start:.0f} s)")
                 del pending[name]
         if time.monotonic() > deadline:
             raise PibuildError(f"no login prompt from {', '.join(pending)} within {BOOT_TIMEOUT} s; see the serial "
@@ -349,15 +343,15 @@ def wait_formed(lab: Lab, cons: dict[str, NodeConsole], start: float) -> None:
                 _, out = cons[name].run(f"journalctl -u pibuild-firstboot -o cat --no-pager; test -e {DONE_FILE} "
                                         "&& echo @@FORMED", timeout=120)
             except qemu.ConsoleError as exc:
-                say(f"{name}: console: {exc}; retrying")
+                progress.say(f"{name}: console: {exc}; retrying")
                 cons[name].login(LOGIN_TIMEOUT)
                 continue
             lines = [ln for ln in out.splitlines() if ln.strip() and ln != "@@FORMED"]
             for line in lines[seen[name]:]:
-                say(f"{name}: {line}")
+                progress.say(f"{name}: {line}")
             seen[name] = max(seen[name], len(lines))
             if "@@FORMED" in out.splitlines():
-                say(f"{name}: firstboot done ({time.monotonic() - start:.0f} s)")
+                progress.say(f"{name}: firstboot done ({time.monotonic() - start:.0f} s)")
                 pending.discard(name)
         if time.monotonic() > deadline:
             raise PibuildError(f"the cluster did not form within {FORM_TIMEOUT} s (waiting for "
@@ -373,7 +367,7 @@ def wait_vips(lab: Lab, start: float) -> None:
         answering = vips_answering(lab)
         for vip, ok in answering.items():
             if ok and not reported.get(vip):
-                say(f"VIP {vip} answers DNS from the client ({time.monotonic() - start:.0f} s)")
+                progress.say(f"VIP {vip} answers DNS from the client ({time.monotonic() - start:.0f} s)")
             reported[vip] = ok
         if all(answering.values()):
             return
@@ -423,7 +417,7 @@ def _keep_logs(lab: Lab) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(node.log, dest / f"{node.name}.serial.log")
     if dest.exists():
-        say(f"serial logs kept in {dest}")
+        progress.say(f"serial logs kept in {dest}")
 
 
 @dataclass(frozen=True)
@@ -500,7 +494,7 @@ def apply_settings(lab: Lab, cons: dict[str, NodeConsole], s: Settings) -> None:
         con.ok(f"sed -i -E 's/^([[:space:]]*token:).*/\\1 {s.token_ms}/' /etc/corosync/corosync.conf")
     first.ok("corosync-cfgtool -R")
     got = first.ok("corosync-cmapctl -g runtime.config.totem.token").split("=")[-1].strip()
-    say(f"settings {s.name}: {s.describe()} (corosync runs token {got} ms)")
+    progress.say(f"settings {s.name}: {s.describe()} (corosync runs token {got} ms)")
 
 
 # ---- drills --------------------------------------------------------------------------------------------------
@@ -537,7 +531,7 @@ class Drill:
             if self.settled(since):
                 return True
             time.sleep(0.5)
-        say(f"{what}: not every VIP answered within {timeout:.0f} s")
+        progress.say(f"{what}: not every VIP answered within {timeout:.0f} s")
         return False
 
     def observer(self, target: str) -> NodeConsole:
@@ -597,18 +591,18 @@ class Drill:
     def run(self, scenario: str) -> list[dict]:
         target = self.target()
         node = self.lab.node(target)
-        say(f"{scenario}: on {target} (holds {self.lab.cluster.vips[0].address})")
+        progress.say(f"{scenario}: on {target} (holds {self.lab.cluster.vips[0].address})")
         event = time.time()
         self.event(scenario, node)
         self.wait_settled(event, FAILOVER_TIMEOUT, f"{scenario}: failover")
-        say(f"{scenario}: failed over; recovering {target}")
+        progress.say(f"{scenario}: failed over; recovering {target}")
         recovery = time.time()
         self.recover(scenario, node)
         # Failback (manual: the cleanup) once the node is back in the cluster, asked on a node that stayed up.
         ok = self.wait_online(target, RECOVERY_TIMEOUT)
         self.failback(via=self.observer(target).name)
         ok = self.wait_healthy(RECOVERY_TIMEOUT, time.time(), avoid=target) and ok
-        say(f"{scenario}: {'healthy again' if ok else 'NOT healthy again'} "
+        progress.say(f"{scenario}: {'healthy again' if ok else 'NOT healthy again'} "
             f"({time.time() - recovery:.0f} s after the recovery began)")
         samples = self.samples(event)
         rows = []

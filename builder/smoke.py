@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import qemu
+from builder import progress, qemu
 from builder.errors import NeedsRoot, PibuildError
 
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
@@ -277,7 +277,7 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = None, keep_log: bool = False,
           cpus: int = 1, emit: Callable[[Check], None] = lambda check: None,
-          progress: Callable[[str], None] = lambda message: None, tcg_tuning: bool = True) -> SmokeReport:
+          tcg_tuning: bool = True) -> SmokeReport:
     """Boot image in QEMU (never writing it) and run every check. The serial log is kept when a check failed or
     keep_log is set, and deleted otherwise."""
     if os.geteuid() != 0:
@@ -297,7 +297,7 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
         vm.prepare()
         report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
         budget = timeout or DEFAULT_TIMEOUT[report.accel]
-        progress(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
+        progress.say(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
                  f"node {vm.node.name}; serial log {serial_log}")
         vm.start()
         run = _Run(vm, report, vm.started_at + budget, emit)
