@@ -416,6 +416,16 @@ def guest_cmdline(cmdline: str, console: str, extra: tuple[str, ...] = ()) -> st
     return " ".join([*words, f"console={console},115200", *extra])
 
 
+@dataclass(frozen=True)
+class Detached:
+    """QEMU in the background (the lab): the serial console on a unix socket that any process can attach to (and
+    logged to Vm.serial_log), QMP on another socket, the pid in a file."""
+
+    serial: Path
+    qmp: Path
+    pidfile: Path
+
+
 @dataclass
 class Vm:
     """One guest booted from an image through a throw-away qcow2 overlay; start() it, use .console, stop() it."""
@@ -438,6 +448,8 @@ class Vm:
     emulation_kernel: bool = False
     # Add the arch's TCG-only kernel options (releases.Arch.tcg_cmdline); off only to measure what they save.
     tcg_tuning: bool = True
+    # None: QEMU in the foreground with its console on stdio (start() drives it through pexpect).
+    detached: Detached | None = None
 
     boot: Boot | None = field(default=None, init=False)
     node: Node | None = field(default=None, init=False)
@@ -504,9 +516,14 @@ class Vm:
             netdev = f"tap,id=net0,ifname={self.tap},script=no,downscript=no"
         else:
             netdev = "user,id=net0,restrict=on"
+        if self.detached:
+            serial = (f"socket,id=serial0,path={_qemu_opt(self.detached.serial)},server=on,wait=off,"
+                      f"logfile={_qemu_opt(self.serial_log)},logappend=on")
+        else:
+            serial = "stdio,id=serial0,signal=off"
         argv = [arch.qemu_system if boot.mode == "virt" else RASPI[boot.arch][0], "-name", self.name,
                 "-nodefaults", "-no-user-config", "-display", "none",
-                "-chardev", "stdio,id=serial0,signal=off", "-serial", "chardev:serial0",
+                "-chardev", serial, "-serial", "chardev:serial0",
                 "-kernel", str(self.workdir / boot.kernel)]
         if boot.initrd:
             argv += ["-initrd", str(self.workdir / boot.initrd)]
@@ -529,6 +546,9 @@ class Vm:
             argv += ["-M", RASPI[boot.arch][1], "-dtb", str(self.workdir / boot.dtb),
                      "-drive", f"if=sd,file={disk},format=qcow2,cache=unsafe",
                      "-netdev", netdev, "-device", f"usb-net,netdev=net0,mac={mac}"]
+        if self.detached:
+            argv += ["-qmp", f"unix:{_qemu_opt(self.detached.qmp)},server=on,wait=off",
+                     "-pidfile", str(self.detached.pidfile), "-daemonize"]
         return argv
 
     @property

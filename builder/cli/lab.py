@@ -63,7 +63,7 @@ def status(ctx: click.Context) -> None:
 
 
 @lab.command(name="drill")
-@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(lab_mod.SCENARIOS),
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(lab_mod.SCENARIOS)),
               help="Run only these (repeatable); default: all.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {scenario, vip, outage_s, recovered}.")
 @click.option("--compare-seed", is_flag=True, help="Also run every drill with the seed's settings, side by side.")
