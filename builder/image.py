@@ -10,12 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from builder import (
@@ -35,9 +33,9 @@ from builder import (
 )
 from builder.config import Cluster
 from builder.errors import NeedsRoot, PibuildError
+from builder.layout import SECTOR, read_layout
 from builder.releases import RELEASES
 
-SECTOR = 512
 MIB = 1 << 20
 BOOT_START = 4 * MIB
 BOOT_SIZE = 512 * MIB
@@ -49,26 +47,6 @@ RASPIOS_GROWTH = 1024 * MIB
 # chroot.py are part of the cache key by their source).
 CLUSTER_IMAGE_FORMAT = 1
 HOST_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "e2fsck", "resize2fs", "losetup", "bmaptool")
-
-
-@dataclass(frozen=True)
-class Layout:
-    disk_id: str
-    boot_offset: int
-    boot_size: int
-    root_offset: int
-    root_size: int
-
-
-def read_layout(image: Path) -> Layout:
-    """The partition table of an image, as sfdisk reads it."""
-    table = json.loads(tools.run(["sfdisk", "--json", str(image)], capture=True).stdout)["partitiontable"]
-    parts = table.get("partitions", [])
-    if table.get("label") != "dos" or len(parts) < 2:
-        raise PibuildError(f"{image}: not a Raspberry Pi OS style image (an MBR with a boot and a root partition)")
-    sector = table.get("sectorsize", SECTOR)
-    return Layout(table["id"].removeprefix("0x").lower(), parts[0]["start"] * sector, parts[0]["size"] * sector,
-                  parts[1]["start"] * sector, parts[1]["size"] * sector)
 
 
 # Tests set this to a phase name to make that phase fail at its end, proving that a failure anywhere cleans up.
