@@ -140,13 +140,6 @@ def _expected_sha256(sumfile: Path, name: str) -> str:
     raise PibuildError(f"{sumfile}: no checksum line for {name}")
 
 
-def _sha256_of(stream) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_sha256(image: Image) -> str:
     """Check the image against the .sha256 beside it: 'checked', or 'missing' (said); a mismatch raises."""
     candidates = [(Path(f"{image.path}.sha256"), False)]
@@ -160,10 +153,10 @@ def check_sha256(image: Image) -> str:
         if decompressed:
             progress.say(f"checking {image.path.name} against {sumfile.name} (decompressing)")
             with image.open() as stream:
-                actual = _sha256_of(stream)
+                actual = tools.sha256_of(stream, CHUNK)
         else:
             with open(image.path, "rb") as stream:
-                actual = _sha256_of(stream)
+                actual = tools.sha256_of(stream, CHUNK)
         if actual != expected:
             raise PibuildError(f"{image.path}: sha256 {actual} does not match {sumfile} ({expected}): "
                                "the image is damaged or not the one listed; download or build it again")

@@ -294,7 +294,7 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
                 target.chmod(0o644)
         with phase(f"{name}: block map and checksum"):
             tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
-            tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
+            tmp[".img.sha256"].write_text(f"{tools.file_sha256(tmp['.img'])}  {final['.img'].name}\n")
             shutil.copyfile(entry / "manifest", tmp[".manifest"])
             for suffix in (".img.sha256", ".img.bmap", ".manifest"):
                 os.chmod(tmp[suffix], SIDECAR_MODE)
@@ -321,11 +321,3 @@ def set_password_hash(root: Path, user: str, crypt_hash: str) -> None:
     shadow.write_text("\n".join(lines) + "\n")
     os.chown(shadow, st.st_uid, st.st_gid)
     os.chmod(shadow, st.st_mode & 0o7777)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()

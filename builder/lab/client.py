@@ -8,7 +8,6 @@ import sys
 import time
 
 from builder import netns, probe, tools
-from builder.lab.nodes import alive
 from builder.lab.state import Lab
 
 
@@ -52,4 +51,4 @@ def prober_pid(lab: Lab) -> int | None:
         pid = int(lab.prober_pidfile.read_text())
     except (OSError, ValueError):
         return None
-    return pid if alive(pid) else None
+    return pid if tools.pid_alive(pid) else None

@@ -57,23 +57,11 @@ def kill_pids(pids: list[int], grace: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in pids):
+    while time.monotonic() < deadline and any(tools.pid_alive(p) for p in pids):
         time.sleep(0.1)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 def power_off(node: LabNode) -> None:
@@ -81,7 +69,7 @@ def power_off(node: LabNode) -> None:
     pid = vm_pid(node)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
-        while alive(pid):
+        while tools.pid_alive(pid):
             time.sleep(0.05)
 
 

@@ -51,7 +51,7 @@ def apply_settings(lab: Lab, cons: dict[str, NodeConsole], s: Settings) -> None:
     react = "yes" if s.react_to_named_stop else "no"
     for con in cons.values():
         con.ok(f"echo {react} > /etc/pibuild/react-to-named-stop")
-        con.ok(f"sed -i -E 's/^([[:space:]]*token:).*/\\1 {s.token_ms}/' /etc/corosync/corosync.conf")
+        con.ok(f"sed -i -E 's/^([[:space:]]*token:).*/\\1 {s.token_ms}/' {plan.COROSYNC_CONF}")
     first.ok("corosync-cfgtool -R")
     got = first.ok("corosync-cmapctl -g runtime.config.totem.token").split("=")[-1].strip()
     progress.say(f"settings {s.name}: {s.describe()} (corosync runs token {got} ms)")

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import netns, progress, qemu, tools
+from builder import netns, plan, progress, qemu, tools
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
 from builder.lab.client import prober_pid, vips_answering
@@ -30,7 +30,6 @@ from builder.lab.nodes import (
 )
 from builder.lab.state import Lab
 
-DONE_FILE = "/var/lib/pibuild/firstboot.done"
 FORM_TIMEOUT = 900          # firstboot forming the cluster
 VIP_TIMEOUT = 180           # every VIP answering after the cluster formed
 LOG_KEEP_ROOT = Path("/var/tmp/pibuild-lab-logs")
@@ -119,7 +118,7 @@ def wait_formed(lab: Lab, cons: dict[str, NodeConsole], start: float) -> None:
     while pending:
         for name in sorted(pending):
             try:
-                _, out = cons[name].run(f"journalctl -u pibuild-firstboot -o cat --no-pager; test -e {DONE_FILE} "
+                _, out = cons[name].run(f"journalctl -u pibuild-firstboot -o cat --no-pager; test -e {plan.DONE_PATH} "
                                         "&& echo @@FORMED", timeout=120)
             except qemu.ConsoleError as exc:
                 progress.say(f"{name}: console: {exc}; retrying")
