@@ -23,18 +23,21 @@ class RichReporter(progress.Reporter):
         super().__init__()
         self.console = console
 
+    def _print(self, *parts) -> None:
+        # soft_wrap: a long line stays one line (the terminal wraps it), so it can be copied whole.
+        self.console.print(Text.assemble(*parts), highlight=False, soft_wrap=True)
+
     def line(self, text: str) -> None:
-        self.console.print(Text.assemble((time.strftime("%H:%M:%S "), "dim"), text), highlight=False)
+        self._print((time.strftime("%H:%M:%S "), "dim"), text)
 
     def phase_started(self, what: str) -> None:
-        self.console.print(Text.assemble(("==> ", "bold cyan"), (what, "bold")), highlight=False)
+        self._print(("==> ", "bold cyan"), (what, "bold"))
 
     def phase_line(self, what: str, text: str, elapsed: float) -> None:
-        self.console.print(Text.assemble(("    ", ""), text, (f"  +{elapsed:.0f}s", "dim")), highlight=False)
+        self._print("    ", text, (f"  +{elapsed:.0f}s", "dim"))
 
     def phase_done(self, what: str, elapsed: float) -> None:
-        self.console.print(Text.assemble(("    ✓ ", "green"), what, (f"  done in {elapsed:.1f}s", "dim")),
-                           highlight=False)
+        self._print(("    ✓ ", "green"), what, (f"  done in {elapsed:.1f}s", "dim"))
 
     @contextlib.contextmanager
     def transfer(self, what: str, total: int | None, done: int) -> Iterator[progress.TransferHook]:
