@@ -12,13 +12,11 @@ thread, so each lookup starts afresh, as each new process does. One JSON line pe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -131,44 +129,10 @@ def summarize(lookups: list[Lookup], since: float = 0.0, until: float | None = N
 
 # ---- the lab's clients: one with glibc's defaults, one with pibuild's recommended options ------------------------
 
-# Two lookups a second per client (four queries: A and AAAA): on emulated nodes under a loaded host, five a second
-# on top of the raw probe's twenty queries made BIND miss named2's monitor, and the cluster stopped every instance.
-LAB_INTERVAL_S = 0.5
-
 def client_configs(cluster) -> dict[str, str]:
     """name -> resolv.conf: the VIPs, with glibc's defaults and with `pibuild clients`'s recommended options."""
     from builder import clients
     return {"defaults": clients.resolv_conf(cluster, None), "recommended": clients.resolv_conf(cluster)}
-
-
-@contextlib.contextmanager
-def running(ns: str, workdir: Path, cluster, interval: float = LAB_INTERVAL_S):
-    """Both clients looking names up in the namespace for as long as the block runs; yields name -> the JSON-lines
-    file of its lookups."""
-    procs, files = [], {}
-    try:
-        for name, text in client_configs(cluster).items():
-            conf = workdir / f"resolv.{name}"
-            conf.write_text(text)
-            files[name] = workdir / f"lookups-{name}-{int(time.time())}.jsonl"
-            with open(files[name], "w") as out:
-                procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", ns, sys.executable, "-m", "builder.lookups", "--resolv-conf", str(conf),
-                     "--interval", str(interval)],
-                    stdout=out, stderr=subprocess.DEVNULL))
-        (workdir / "lookups.pids").write_text(" ".join(str(p.pid) for p in procs))
-        time.sleep(1.0)
-        yield files
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(DRAIN_S + 5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        (workdir / "lookups.pids").unlink(missing_ok=True)
 
 
 def figures(files: dict[str, Path], since: float, until: float | None) -> dict:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import lab, probe, resources
+from builder import config, lab, probe, qemu, resources
 from builder.probe import Sample
 
 # ---- unit: outages from synthetic samples --------------------------------------------------------------------
@@ -102,6 +102,33 @@ def test_outage_table_side_by_side():
             {"scenario": "named-stop", "vip": "10.0.0.11", "outage_s": 13.5, "recovered": True, "settings": "seed"}]
     text = lab.table(rows, ["config", "seed"])
     assert "1.2s" in text and "13.5s" in text
+
+
+def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
+    """The lab asks the VM builder for a detached QEMU (no argv patching): the serial console on a unix socket,
+    logged to the node's serial log, QMP, a pidfile, -daemonize; smoke's VM keeps its console on stdio."""
+    node = lab.lab_for(config.load(resources.example_config(), base_dir=tmp_path)).nodes[0]
+    boot = qemu.Boot("virt", "armhf", "vmlinuz-6.1.0-armmp", "initrd.img-6.1.0-armmp", None, "root=PARTUUID=x-02")
+    detached = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg",
+                       detached=qemu.Detached(serial=node.serial, qmp=node.qmp, pidfile=node.pidfile))
+    foreground = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg")
+    detached.boot = foreground.boot = boot
+    argv, plain = detached.qemu_argv(), foreground.qemu_argv()
+    chardev = argv[argv.index("-chardev") + 1]
+    assert chardev == (f"socket,id=serial0,path={node.serial},server=on,wait=off,logfile={node.log},"
+                       "logappend=on")
+    assert argv[-5:] == ["-qmp", f"unix:{node.qmp},server=on,wait=off", "-pidfile", str(node.pidfile),
+                         "-daemonize"]
+    assert plain[plain.index("-chardev") + 1] == "stdio,id=serial0,signal=off"
+    assert "-daemonize" not in plain and "-qmp" not in plain
+    assert [a for a in argv if a != chardev][:-5] == [a for a in plain if not a.startswith("stdio,")]
+
+
+def test_every_scenario_is_offered_and_knows_both_halves():
+    assert list(lab.SCENARIOS) == ["named-stop", "named-freeze", "node-poweroff", "link-down"]
+    for name, scenario in lab.SCENARIOS.items():
+        assert scenario.name == name
+        assert type(scenario).event is not lab.Scenario.event and type(scenario).recover is not lab.Scenario.recover
 
 
 # ---- lab tier: the whole cluster in QEMU ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from conftest import loop_devices, mounts, run_pibuild
 
 from builder import qemu
-from builder.image import read_layout
+from builder.layout import read_layout
 
 NODE = "dns-pm01"
 IMAGE_NAME = f"clst-01-{NODE}.img"
@@ -260,3 +261,13 @@ def test_guest_cmdline():
     line = "console=serial0,115200 console=tty1 root=PARTUUID=ab-02 rootwait init=/usr/lib/x/firstboot quiet"
     assert qemu.guest_cmdline(line, "ttyAMA0", ("a=b",)) == \
         "root=PARTUUID=ab-02 rootwait quiet console=ttyAMA0,115200 a=b"
+
+
+def test_the_vm_layer_does_not_import_the_build():
+    """builder.qemu reads an image's layout through builder.layout, not through the image builder (and its stack)."""
+    code = "import sys, builder.qemu; print(' '.join(sorted(m for m in sys.modules if m.startswith('builder.'))))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    loaded = set(proc.stdout.split())
+    assert "builder.qemu.vm" in loaded and "builder.layout" in loaded
+    assert not loaded & {"builder.image", "builder.base", "builder.stages", "builder.chroot", "builder.config"}

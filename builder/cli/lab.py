@@ -14,6 +14,8 @@ from builder.errors import PibuildError
 
 
 def _lab(ctx: click.Context) -> lab_mod.Lab:
+    """This config's lab, on a host that can run one (root, ip, qemu-img)."""
+    lab_mod.check_host()
     return lab_mod.lab_for(cluster_of(ctx))
 
 
@@ -35,7 +37,6 @@ def up(ctx: click.Context, images: Path) -> None:
 @click.pass_context
 def down(ctx: click.Context) -> None:
     """Stop every VM; delete the namespace and the overlays."""
-    lab_mod.check_host()
     the_lab = _lab(ctx)
     removed = lab_mod.down(the_lab)
     for what in removed:
@@ -47,7 +48,6 @@ def down(ctx: click.Context) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """The nodes, where each VIP runs, and a `pcs status` summary."""
-    lab_mod.check_host()
     the_lab = _lab(ctx)
     st = lab_mod.status(the_lab)
     for node in the_lab.nodes:
@@ -64,7 +64,7 @@ def status(ctx: click.Context) -> None:
 
 
 @lab.command(name="drill")
-@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(lab_mod.SCENARIOS),
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(lab_mod.SCENARIOS)),
               help="Run only these (repeatable); default: all.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list of {scenario, vip, outage_s, recovered, glibc_*} (glibc: the clients').")
@@ -73,7 +73,6 @@ def status(ctx: click.Context) -> None:
 def drill(ctx: click.Context, scenarios: tuple[str, ...], as_json: bool, compare_seed: bool) -> None:
     """Failover drills from a healthy cluster: the outage every VIP saw (raw queries every 100 ms), and the worst,
     slow (over 1 s) and failed lookups of two glibc clients (glibc's defaults; `pibuild clients`'s options)."""
-    lab_mod.check_host()
     the_lab = _lab(ctx)
     lab_mod.require_up(the_lab)
     settings = [lab_mod.settings_of(the_lab.cluster)] + ([lab_mod.SEED] if compare_seed else [])
