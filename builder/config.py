@@ -264,7 +264,9 @@ KEYS = (
         "what holds a floating address: `vip` is pibuild's `ocf:pibuild:vip` (adds the address, announces it with "
         "gratuitous ARP through resource-agents' `send_arp`, removes it; a few processes; its stop ends only the "
         "`send_arp` it started, checked by its command line, because a pidfile can outlive its process and "
-        "`send_arp` itself kills whatever pid an existing pidfile names), `IPaddr2` is resource-agents' (the seed's), "
+        "`send_arp` itself kills whatever pid an existing pidfile names; `allow-migrate=true`: a planned move adds "
+        "and announces the address on the new node before the old one removes it, see [the client's figures]"
+        "(#what-a-client-feels-of-a-failover)), `IPaddr2` is resource-agents' (the seed's), "
         "which starts about thirty processes before it adds the address: 1–3 s of every failover on an emulated lab "
         "node, a fraction of that on a Pi"),
     Key("dns.allow_recursion", LIST,
