@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from builder import qemu
+from builder import compress, qemu
 from builder.errors import NeedsRoot, PibuildError
 
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
@@ -293,9 +293,17 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
     serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report = SmokeReport(image=image, serial_log=serial_log)
     workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
-    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus, tcg_tuning=tcg_tuning)
+    vm = None
     finished = False
     try:
+        booted = image
+        if image.name.endswith(".xz"):
+            # Decompressed into the throw-away directory (holes for the zeros); the .img.xz itself is only read.
+            progress(f"==> {image.name}: decompressing into {workdir}")
+            booted = workdir / image.name.removesuffix(".xz")
+            compress.decompress_sparse(image, booted)
+        vm = qemu.Vm(booted, workdir, serial_log, name=f"smoke-{booted.stem}"[:60], cpus=cpus,
+                     tcg_tuning=tcg_tuning)
         vm.prepare()
         report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
         budget = timeout or DEFAULT_TIMEOUT[report.accel]
@@ -316,7 +324,8 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
                 run.add(name, False, "not run (an earlier check failed or the time ran out)")
         finished = True
     finally:
-        vm.stop()
+        if vm is not None:
+            vm.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         report.total_seconds = time.monotonic() - started
         if not keep_log and (report.ok or not finished):
@@ -334,7 +343,7 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the serial log goes (default: the temporary directory).")
 def smoke_cmd(image: Path, timeout: float | None, keep_log: bool, log_dir: Path | None) -> None:
-    """Boot IMAGE in QEMU (without changing it), log in on its serial console and check it; exit 0 or 1."""
+    """Boot IMAGE (.img or .img.xz) in QEMU (never changing it), log in on its serial console, check; exit 0 or 1."""
     report = smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log,
                    emit=lambda check: click.echo(check.line()), progress=lambda m: click.echo(m, err=True))
     timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
