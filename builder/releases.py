@@ -40,6 +40,10 @@ class Release:
     bind_interface_scan: str
     # The Raspberry Pi OS Lite download directory names, by arch (raspios base).
     raspios_dirs: dict[str, str] = field(default_factory=dict)
+    # The pi-gen branch that builds this release, by arch (`pibuild pigen`): pi-gen's build.sh sets ARCH itself, one
+    # branch per arch (bookworm-arm64 checked by running its build.sh on an exported stage; the others follow its
+    # naming of release branches). Left out of the repr, which image.cluster_key() digests: it changes no image.
+    pigen_branches: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 RELEASES: dict[str, Release] = {
@@ -54,6 +58,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("raspberrypi-sys-mods",),
         bind_interface_scan="interface-interval 1;",
         raspios_dirs={"armhf": "raspios_oldstable_lite_armhf", "arm64": "raspios_oldstable_lite_arm64"},
+        pigen_branches={"armhf": "bullseye", "arm64": "bullseye-arm64"},
     ),
     "bookworm": Release(
         name="bookworm",
@@ -66,6 +71,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("raspberrypi-sys-mods",),
         bind_interface_scan="automatic-interface-scan yes;",
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+        pigen_branches={"armhf": "bookworm", "arm64": "bookworm-arm64"},
     ),
     "trixie": Release(
         name="trixie",
@@ -78,6 +84,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("cloud-init",),
         bind_interface_scan="automatic-interface-scan yes;",
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+        pigen_branches={"armhf": "trixie", "arm64": "trixie-arm64"},
     ),
 }
 
