@@ -45,6 +45,7 @@ def compress(image: Path, log=lambda message: None) -> Path:
     if dest.is_file() and sums.is_file() and stamp.is_file() and stamp.read_text().strip() == source:
         log(f"==> {dest}: up to date")
         return dest
+    log(f"==> {dest.name}: xz --threads=0 {PRESET} (minutes for a full image)")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     tmp_sums = sums.with_name(f".{sums.name}.partial-{os.getpid()}")
     try:

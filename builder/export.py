@@ -20,8 +20,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-import click
-
 from builder import render, secrets, stages
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
@@ -258,41 +256,3 @@ def export_pigen(cluster: Cluster, node: str, dest: Path) -> Path:
     _write(dest / ".config.partial", config_text(cluster, node), 0o600)
     os.replace(dest / ".config.partial", config)
     return final
-
-
-# ---- the command -------------------------------------------------------------------------------------------------
-
-def _tree(root: Path) -> list[str]:
-    lines = []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_symlink():
-            lines.append(f"  {rel} -> {os.readlink(p)}")
-        elif p.is_dir():
-            lines.append(f"  {rel}/")
-        else:
-            lines.append(f"  {rel}  {p.stat().st_mode & 0o7777:04o}")
-    return lines
-
-
-@click.command(name="pigen")
-@click.argument("node")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write config and stage-pibuild-NODE/ into (one directory per node).")
-@click.pass_context
-def pigen_cmd(ctx: click.Context, node: str, output: Path) -> None:
-    """Export NODE as a pi-gen build: DIR/config and the stage DIR/stage-pibuild-NODE/."""
-    from builder.cli import _load, _node_name  # here: builder.cli imports this module while it loads
-
-    cluster = _load(ctx)
-    _node_name(cluster, node)
-    stage = export_pigen(cluster, node, output)
-    click.echo(f"  {output / 'config'}")
-    click.echo(f"  {stage}/")
-    for line in _tree(stage):
-        click.echo(f"  {line}")
-    if node == cluster.initiator.name:
-        click.echo(f"note: {stage.name}/ holds the hacluster password ({node} forms the cluster): keep it private",
-                   err=True)
-    click.echo(f"pi-gen build of {node} written under {output}: in a pi-gen checkout of branch "
-               f"{pigen_branch(cluster)}, run `sudo ./build.sh -c {output.resolve() / 'config'}`")

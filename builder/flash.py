@@ -538,14 +538,12 @@ def verify(image: Image, bmap: Bmap | None, target: Target) -> int:
     return sum(end - start for start, end, _ in ranges)
 
 
-def _default_confirm(prompt: str) -> bool:
-    import click
-
-    return click.confirm(prompt, default=False)
+def _no_confirm(prompt: str) -> bool:
+    raise UsageError(f"{prompt} needs a confirmation: pass yes=True, or a confirm function")
 
 
 def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
-          confirm: Callable[[str], bool] = _default_confirm, say: Callable[[str], None] = _say,
+          confirm: Callable[[str], bool] = _no_confirm, say: Callable[[str], None] = _say,
           after_write: Callable[[str], None] | None = None) -> FlashReport:
     """Write IMAGE to DEVICE and verify it. Every refusal happens before the device is opened for writing.
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from builder import __version__, compress
 from builder.config import Cluster
-from builder.errors import PibuildError
+from builder.errors import PibuildError, UsageError
 from builder.image import file_sha256, output_name
 from builder.releases import MODELS
 
@@ -37,6 +37,13 @@ ICON = Path(__file__).with_name("imager-icon.svg")
 
 def repo_path(outdir: Path, cluster: Cluster) -> Path:
     return outdir / f"{cluster.name}.imager.json"
+
+
+def check_base_url(base_url: str | None) -> None:
+    """--imager-url: where the files will be, as Imager fetches them (before any build starts)."""
+    if base_url is not None and not base_url.startswith(("http://", "https://", "file:")):
+        raise UsageError(f"--imager-url {base_url!r}: give the URL the .img.xz files will be at, http://, https:// "
+                         "or file: (e.g. https://host/cards/ or file:///D:/cards/)")
 
 
 def _url(path: Path, base_url: str | None) -> str:

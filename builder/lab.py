@@ -283,11 +283,24 @@ def check_host() -> None:
 
 
 def up(lab: Lab, images: Path) -> float:
-    """Boot the lab and wait until the cluster formed and every VIP answers; returns the seconds it took."""
+    """Boot the lab and wait until the cluster formed and every VIP answers; returns the seconds it took.
+
+    A failure (or Ctrl-C) tears down what was started, keeping the serial logs for the post-mortem."""
     check_host()
     found = images_for(lab.cluster, images)
     if lab.dir.exists() or netns.exists(lab.ns):
         raise LabExists(f"a lab for {lab.cluster.name} is already up (or left over): `pibuild lab down` first")
+    try:
+        return _up(lab, images, found)
+    except BaseException:
+        say("lab up failed: tearing the lab down")
+        _keep_logs(lab)
+        for what in down(lab):
+            say(f"  removed {what}")
+        raise
+
+
+def _up(lab: Lab, images: Path, found: dict[str, Path]) -> float:
     start = time.monotonic()
     lab.dir.mkdir(parents=True)
     (lab.dir / "lab.json").write_text(json.dumps({"ns": lab.ns, "images": str(images.resolve()),
@@ -402,45 +415,6 @@ def _prober_pid(lab: Lab) -> int | None:
     return pid if _alive(pid) else None
 
 
-def require_up(lab: Lab) -> None:
-    if not lab.dir.exists() or not netns.exists(lab.ns):
-        raise PibuildError(f"no lab for {lab.cluster.name} is up: `pibuild lab up --images DIR` first")
-    dead = [n.name for n in lab.nodes if vm_pid(n) is None]
-    if dead:
-        raise PibuildError(f"the VM of {', '.join(dead)} is not running: `pibuild lab down`, then `up` again")
-
-
-# ---- the CLI -------------------------------------------------------------------------------------------------
-
-def _cluster(ctx: click.Context) -> Cluster:
-    from builder.cli import _load
-    return _load(ctx)
-
-
-@click.group(name="lab")
-def lab_cmd() -> None:
-    """The whole cluster in QEMU on a virtual LAN; failover drills."""
-
-
-@lab_cmd.command(name="up")
-@click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory holding the node images (`pibuild all -o DIR`).")
-@click.pass_context
-def up_cmd(ctx: click.Context, images: Path) -> None:
-    """Boot every node on a virtual LAN and wait until the cluster formed and every VIP answers."""
-    lab = lab_for(_cluster(ctx))
-    try:
-        up(lab, images)
-    except LabExists:
-        raise
-    except BaseException:
-        click.echo("lab up failed: tearing the lab down", err=True)
-        _keep_logs(lab)
-        for what in down(lab):
-            click.echo(f"  removed {what}", err=True)
-        raise
-
-
 def _keep_logs(lab: Lab) -> None:
     """Copy the serial logs out of the state dir before it goes (for the post-mortem)."""
     dest = Path("/var/tmp/pibuild-lab-logs") / lab.cluster.name
@@ -449,44 +423,36 @@ def _keep_logs(lab: Lab) -> None:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy(node.log, dest / f"{node.name}.serial.log")
     if dest.exists():
-        click.echo(f"serial logs kept in {dest}", err=True)
+        say(f"serial logs kept in {dest}")
 
 
-@lab_cmd.command(name="down")
-@click.pass_context
-def down_cmd(ctx: click.Context) -> None:
-    """Stop every VM; delete the namespace and the overlays."""
-    check_host()
-    lab = lab_for(_cluster(ctx))
-    removed = down(lab)
-    for what in removed:
-        click.echo(f"removed {what}")
-    click.echo("lab down: nothing left" if removed else f"no lab for {lab.cluster.name} was up")
+@dataclass(frozen=True)
+class Status:
+    """What `lab status` shows: the VMs, Pacemaker's view, which VIPs answer the client, `pcs status`."""
+
+    pids: dict[str, int | None]
+    state: ClusterState
+    answering: dict[str, bool]
+    pcs_status: str
 
 
-@lab_cmd.command(name="status")
-@click.pass_context
-def status_cmd(ctx: click.Context) -> None:
-    """The nodes, where each VIP runs, and a `pcs status` summary."""
-    check_host()
-    lab = lab_for(_cluster(ctx))
+def status(lab: Lab) -> Status:
     require_up(lab)
-    for node in lab.nodes:
-        click.echo(f"node {node.name} {node.address}: QEMU pid {vm_pid(node)}, {node.tap}")
+    pids = {n.name: vm_pid(n) for n in lab.nodes}
     with consoles(lab, [lab.nodes[0].name]) as cons:
         con = cons[lab.nodes[0].name]
         state = cluster_state(con)
-        click.echo(f"online: {', '.join(state.online) or 'none'}")
         answering = vips_answering(lab)
-        for v in lab.cluster.vips:
-            on = ", ".join(state.where.get(v.name, ())) or "nowhere"
-            dns = "answers DNS" if answering.get(v.address) else "does NOT answer DNS"
-            click.echo(f"{v.name} {v.address}: on {on} (prefers {v.prefer[0]}); {dns} from the client")
-        for f in state.failed:
-            click.echo(f"failed action: {f}")
-        click.echo("--- pcs status ---")
         _, out = con.run("pcs status", timeout=120)
-        click.echo(out.rstrip())
+    return Status(pids, state, answering, out.rstrip())
+
+
+def require_up(lab: Lab) -> None:
+    if not lab.dir.exists() or not netns.exists(lab.ns):
+        raise PibuildError(f"no lab for {lab.cluster.name} is up: `pibuild lab up --images DIR` first")
+    dead = [n.name for n in lab.nodes if vm_pid(n) is None]
+    if dead:
+        raise PibuildError(f"the VM of {', '.join(dead)} is not running: `pibuild lab down`, then `up` again")
 
 
 # ---- reaction settings, applied to the running cluster -------------------------------------------------------
@@ -748,24 +714,3 @@ def table(rows: list[dict], settings: list[str]) -> str:
             line += f"{r['outage_s']:>15.1f}s{'yes' if r['recovered'] else 'NO':>11}" if r else f"{'-':>16}{'':>11}"
         lines.append(line)
     return "\n".join(lines)
-
-
-@lab_cmd.command(name="drill")
-@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(SCENARIOS),
-              help="Run only these (repeatable); default: all.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {scenario, vip, outage_s, recovered}.")
-@click.option("--compare-seed", is_flag=True, help="Also run every drill with the seed's settings, side by side.")
-@click.pass_context
-def drill_cmd(ctx: click.Context, scenarios: tuple[str, ...], as_json: bool, compare_seed: bool) -> None:
-    """Failover drills from a healthy cluster; the outage every VIP saw (client queries every 100 ms)."""
-    check_host()
-    lab = lab_for(_cluster(ctx))
-    require_up(lab)
-    settings = [settings_of(lab.cluster)] + ([SEED] if compare_seed else [])
-    rows = drill(lab, list(scenarios or SCENARIOS), settings)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    else:
-        click.echo(table(rows, [s.name for s in settings]))
-    if not all(r["recovered"] for r in rows):
-        raise PibuildError("a VIP did not recover (see the table)")

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from builder import compress, qemu
 from builder.errors import NeedsRoot, PibuildError
 
@@ -332,24 +330,3 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
             with contextlib.suppress(OSError):
                 serial_log.unlink()
     return report
-
-
-@click.command(name="smoke")
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--timeout", type=float, default=None, metavar="S",
-              help="Budget for the whole run in seconds, QEMU start to verdict (default 600 under TCG, 240 "
-                   "with KVM).")
-@click.option("--keep-log", is_flag=True, help="Keep the serial log also when every check passed.")
-@click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the serial log goes (default: the temporary directory).")
-def smoke_cmd(image: Path, timeout: float | None, keep_log: bool, log_dir: Path | None) -> None:
-    """Boot IMAGE (.img or .img.xz) in QEMU (never changing it), log in on its serial console, check; exit 0 or 1."""
-    report = smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log,
-                   emit=lambda check: click.echo(check.line()), progress=lambda m: click.echo(m, err=True))
-    timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
-    timing += (f"checks done {report.checks_seconds:.1f} s after QEMU started, "
-               f"verdict after {report.total_seconds:.1f} s ({report.accel.upper()})")
-    if report.ok:
-        click.echo(f"smoke: PASS: {timing}" + (f"; serial log {report.serial_log}" if keep_log else ""))
-        return
-    raise PibuildError(f"smoke: FAIL: {', '.join(report.failed)} ({timing}); serial log: {report.serial_log}")

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from builder import flash as flashmod
 from builder import tools
-from builder.cli_flash import flash_cmd
+from builder.cli import cli
 from builder.errors import PibuildError, UsageError
 from builder.flash import flash
 
@@ -427,15 +427,15 @@ def test_disks_under_device_mapper_found_through_sysfs(tmp_path, monkeypatch):
 def test_cli_flash(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
     runner = CliRunner()
-    refused = runner.invoke(flash_cmd, [str(image), dev, "--yes"])
+    refused = runner.invoke(cli, ["flash", str(image), dev, "--yes"])
     assert refused.exit_code == 1, refused.output
     assert f"error: refusing {dev}: it is not a removable device" in refused.output
-    missing = runner.invoke(flash_cmd, [str(tmp_path / "nope.img"), dev, "--yes"])
+    missing = runner.invoke(cli, ["flash", str(tmp_path / "nope.img"), dev, "--yes"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
-    no_terminal = runner.invoke(flash_cmd, [str(image), dev, "--force"])
+    no_terminal = runner.invoke(cli, ["flash", str(image), dev, "--force"])
     assert no_terminal.exit_code == 2 and "pass --yes" in no_terminal.output
     assert sectors_written(dev) == 0
-    done = runner.invoke(flash_cmd, [str(image), dev, "--yes", "--force"])
+    done = runner.invoke(cli, ["flash", str(image), dev, "--yes", "--force"])
     assert done.exit_code == 0, done.output
     assert f"flashed node.img to {dev}:" in done.output and "sha256 checked" in done.output
     assert sha256_file(dev) == sha256_file(image)

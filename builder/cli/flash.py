@@ -1,12 +1,14 @@
-"""The `pibuild flash IMAGE DEVICE` command (registered in the CLI group as `cli.add_command(flash_cmd)`)."""
+"""`pibuild flash IMAGE DEVICE`: the confirmation prompt and the one-line report; builder.flash does the work."""
+
+from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 import click
 
-from builder.errors import PibuildError, UsageError
-from builder.flash import flash, human
+from builder import flash as flash_mod
+from builder.errors import UsageError
 
 
 def _confirm(prompt: str) -> bool:
@@ -25,18 +27,14 @@ def _confirm(prompt: str) -> bool:
 @click.option("--force", is_flag=True,
               help="Allow a device that is not removable, or a regular file, as DEVICE. "
                    "Never allows a disk the running system uses.")
-@click.pass_context
-def flash_cmd(ctx: click.Context, image: Path, device: str, yes: bool, force: bool) -> None:
+def flash(image: Path, device: str, yes: bool, force: bool) -> None:
     """Write IMAGE (.img or .img.xz) to the SD card DEVICE, only the blocks it uses, and verify it.
 
     Refuses, with nothing written, a disk the running system uses, a partition, a read-only or too small device,
     and (without --force) a device that is not removable. Checks IMAGE.sha256 first and reads the card back after.
     """
-    try:
-        report = flash(image, device, yes=yes, force=force, confirm=_confirm)
-    except PibuildError as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(exc.exit_code)
+    report = flash_mod.flash(image, device, yes=yes, force=force, confirm=_confirm)
+    human = flash_mod.human
     written = "" if report.bytes_written is None else f", {human(report.bytes_written)} written"
     click.echo(f"flashed {report.image.name} to {report.device}: {human(report.image_size)} image, "
                f"{human(report.mapped_bytes)} mapped ({report.method}){written} in {report.write_seconds:.1f} s; "
