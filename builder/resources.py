@@ -31,3 +31,8 @@ def firstboot_dir() -> Path:
 
 def example_config() -> Path:
     return data_dir("examples") / "cluster.yaml"
+
+
+def seed_config() -> Path:
+    """The bundled example with the seed's exact settings (what `lab drill --compare-seed` compares against)."""
+    return data_dir("examples") / "seed.yaml"

@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 import jsonschema
 import pytest
 import yaml
+from test_outputs import node_build  # noqa: F401 (fixture)
 
 from builder import config, imager
 from builder.errors import PibuildError
@@ -142,3 +143,37 @@ def test_the_schema_rejects_what_imager_does_not_read(tmp_path, breakage):
         repo["imager"]["device"] = repo["imager"].pop("devices")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(repo, SCHEMA)
+
+
+def test_cli_all_imager_for_real_on_a_stand_in_cluster_image(node_build):  # noqa: F811 (fixture)
+    """`pibuild all --imager` in-process: the node phase runs for real on test_outputs' stand-in cluster image, then
+    each .img gets its .img.xz (0600) and .img.xz.sha256, and the repository lists them, valid and true."""
+    from click.testing import CliRunner
+
+    from builder.cli.app import cli
+
+    cluster, work, _ = node_build
+    out = work / "out"
+    result = CliRunner().invoke(cli, ["-c", str(work / "cluster.yaml"), "all", "-o", str(out), "--imager"])
+    assert result.exit_code == 0, result.output
+    repo = json.loads((out / "clst-64.imager.json").read_text())
+    jsonschema.validate(repo, SCHEMA)
+    entries = repo["os_list"][0]["subitems"]
+    assert len(entries) == len(cluster.nodes)
+    for entry, node in zip(entries, cluster.nodes, strict=True):
+        img = out / f"clst-64-{node.name}.img"
+        xz = path_of(entry["url"])
+        assert xz == out / f"{img.name}.xz"
+        assert entry["extract_sha256"] == sha256(img.read_bytes()) == (out / f"{img.name}.sha256").read_text()[:64]
+        assert entry["image_download_sha256"] == sha256(xz.read_bytes())
+        assert os.stat(xz).st_mode & 0o777 == 0o600
+    assert "rpi-imager --repo" in result.output
+
+
+def test_cli_refuses_a_bad_imager_url_before_building(tmp_path):
+    from conftest import run_pibuild
+
+    proc = run_pibuild("all", "--imager-url", "ftp://host/cards", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--imager-url 'ftp://host/cards': give the URL the .img.xz files will be at" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
