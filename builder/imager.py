@@ -29,7 +29,7 @@ from builder import __version__, compress
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
 from builder.image import file_sha256, output_name
-from builder.releases import MODELS
+from builder.releases import MODELS, imager_tag
 
 INIT_FORMAT = "none"
 ICON = Path(__file__).with_name("imager-icon.svg")
@@ -79,7 +79,7 @@ def node_entry(cluster: Cluster, node_name: str, image: Path, xz: Path, icon_url
         "image_download_size": xz.stat().st_size,
         "image_download_sha256": file_sha256(xz),
         "release_date": time.strftime("%Y-%m-%d", time.gmtime(image.stat().st_mtime)),
-        "devices": [model.imager_tag(b.arch)],
+        "devices": [imager_tag(node.model, b.arch)],
         "init_format": INIT_FORMAT,
     }
 
@@ -90,7 +90,7 @@ def devices(cluster: Cluster) -> list[dict]:
     for name in dict.fromkeys(n.model for n in cluster.nodes):
         model = MODELS[name]
         out.append({"name": model.description, "description": f"{model.description} ({cluster.name} nodes)",
-                    "tags": [model.imager_tag(cluster.base.arch)], "matching_type": "exclusive"})
+                    "tags": [imager_tag(name, cluster.base.arch)], "matching_type": "exclusive"})
     return out
 
 

@@ -120,34 +120,46 @@ ARCHES: dict[str, Arch] = {
 }
 
 
+# Raspberry Pi Imager's board families, by model: its device tags are "<family>-32bit" (armhf) and "<family>-64bit"
+# (arm64). Boards share their SoC's family (Zero: pi1, Zero 2 W: pi3, 400 and CM4: pi4, CM5: pi5), as in Imager's
+# own device list.
+IMAGER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "pi1": ("pi1b", "pi1a", "pizero"),
+    "pi2": ("pi2b", "pi2b-v1.2"),
+    "pi3": ("pi3b", "pi3b+", "pi3a+", "pizero2w"),
+    "pi4": ("pi4b", "pi400", "cm4"),
+    "pi5": ("pi5", "cm5"),
+}
+
+
+def imager_tag(model: str, arch: str) -> str:
+    """The Raspberry Pi Imager device tag of a board running arch (pibuild's imager repository)."""
+    family = next(f for f, models in IMAGER_FAMILIES.items() if model in models)
+    return f"{family}-{'64bit' if arch == 'arm64' else '32bit'}"
+
+
 @dataclass(frozen=True)
 class Model:
     name: str
     description: str
     arches: tuple[str, ...]
-    # Raspberry Pi Imager's board family: its device tags are "<family>-32bit" (armhf) and "<family>-64bit" (arm64).
-    # Boards share their SoC's family (Zero: pi1, Zero 2 W: pi3, 400 and CM4: pi4, CM5: pi5), as in Imager's list.
-    imager_family: str
     # Debian's armhf needs ARMv7; the ARMv6 boards run only Raspberry Pi OS's armhf.
     armv6: bool = False
 
-    def imager_tag(self, arch: str) -> str:
-        return f"{self.imager_family}-{'64bit' if arch == 'arm64' else '32bit'}"
-
 
 MODELS: dict[str, Model] = {m.name: m for m in (
-    Model("pi1b", "Raspberry Pi 1 Model B/B+", ("armhf",), "pi1", armv6=True),
-    Model("pi1a", "Raspberry Pi 1 Model A/A+", ("armhf",), "pi1", armv6=True),
-    Model("pizero", "Raspberry Pi Zero / Zero W", ("armhf",), "pi1", armv6=True),
-    Model("pi2b", "Raspberry Pi 2 Model B v1.1 (Cortex-A7, 32-bit only)", ("armhf",), "pi2"),
-    Model("pi2b-v1.2", "Raspberry Pi 2 Model B v1.2 (Cortex-A53)", ("armhf", "arm64"), "pi2"),
-    Model("pi3b", "Raspberry Pi 3 Model B", ("armhf", "arm64"), "pi3"),
-    Model("pi3b+", "Raspberry Pi 3 Model B+", ("armhf", "arm64"), "pi3"),
-    Model("pi3a+", "Raspberry Pi 3 Model A+", ("armhf", "arm64"), "pi3"),
-    Model("pizero2w", "Raspberry Pi Zero 2 W", ("armhf", "arm64"), "pi3"),
-    Model("pi4b", "Raspberry Pi 4 Model B", ("armhf", "arm64"), "pi4"),
-    Model("pi400", "Raspberry Pi 400", ("armhf", "arm64"), "pi4"),
-    Model("cm4", "Raspberry Pi Compute Module 4", ("armhf", "arm64"), "pi4"),
-    Model("pi5", "Raspberry Pi 5", ("arm64",), "pi5"),
-    Model("cm5", "Raspberry Pi Compute Module 5", ("arm64",), "pi5"),
+    Model("pi1b", "Raspberry Pi 1 Model B/B+", ("armhf",), armv6=True),
+    Model("pi1a", "Raspberry Pi 1 Model A/A+", ("armhf",), armv6=True),
+    Model("pizero", "Raspberry Pi Zero / Zero W", ("armhf",), armv6=True),
+    Model("pi2b", "Raspberry Pi 2 Model B v1.1 (Cortex-A7, 32-bit only)", ("armhf",)),
+    Model("pi2b-v1.2", "Raspberry Pi 2 Model B v1.2 (Cortex-A53)", ("armhf", "arm64")),
+    Model("pi3b", "Raspberry Pi 3 Model B", ("armhf", "arm64")),
+    Model("pi3b+", "Raspberry Pi 3 Model B+", ("armhf", "arm64")),
+    Model("pi3a+", "Raspberry Pi 3 Model A+", ("armhf", "arm64")),
+    Model("pizero2w", "Raspberry Pi Zero 2 W", ("armhf", "arm64")),
+    Model("pi4b", "Raspberry Pi 4 Model B", ("armhf", "arm64")),
+    Model("pi400", "Raspberry Pi 400", ("armhf", "arm64")),
+    Model("cm4", "Raspberry Pi Compute Module 4", ("armhf", "arm64")),
+    Model("pi5", "Raspberry Pi 5", ("arm64",)),
+    Model("cm5", "Raspberry Pi Compute Module 5", ("arm64",)),
 )}

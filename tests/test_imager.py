@@ -177,3 +177,11 @@ def test_cli_refuses_a_bad_imager_url_before_building(tmp_path):
     assert proc.returncode == 2
     assert "--imager-url 'ftp://host/cards': give the URL the .img.xz files will be at" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_every_model_has_one_imager_family():
+    from builder.releases import IMAGER_FAMILIES, MODELS, imager_tag
+
+    listed = [m for models in IMAGER_FAMILIES.values() for m in models]
+    assert sorted(listed) == sorted(MODELS)  # each model once
+    assert imager_tag("pizero2w", "arm64") == "pi3-64bit" and imager_tag("cm4", "armhf") == "pi4-32bit"
