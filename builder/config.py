@@ -1,13 +1,14 @@
 """cluster.yaml: load it into immutable, typed objects and find every problem at once.
 
-Each rule names the key path, the bad value and what would be valid. `load()` raises ConfigError listing them all.
+KEYS is the schema (builder/schema.py reads by it): one entry per key, from which come the reading, the unknown-key
+check and the README's key table. RULES are the checks that span keys. Each problem names the key path, the bad
+value and what would be valid; `load()` raises ConfigError listing them all.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,22 @@ import yaml
 
 from builder.errors import ConfigError
 from builder.releases import ARCHES, MODELS, RELEASES
+from builder.schema import (
+    FLAG,
+    LIST,
+    MISSING,
+    REQUIRED,
+    TEXT,
+    WHOLE,
+    Absent,
+    Computed,
+    Invalid,
+    Key,
+    Kind,
+    Reader,
+    choice,
+    whole,
+)
 
 SOURCES = ("raspios", "file", "debian")
 NO_QUORUM_POLICIES = ("ignore", "stop", "freeze", "demote", "suicide")
@@ -55,17 +72,234 @@ RESERVED_USERS = {"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", 
                   "sshd", "hacluster", "bind", "haclient", "_apt", "systemd-timesync", "polkitd", "avahi"}
 
 
+# ---- one key's checks (the value -> None or the fix) and conversions (the value -> the value used, or Invalid) -----
+
+def _pattern(regex: re.Pattern, fix: str):
+    return lambda value: None if regex.fullmatch(value) else fix
+
+
+def _hostname(name: str) -> str | None:
+    if not HOSTNAME_RE.fullmatch(name):
+        return "must be a hostname: lower-case letters, digits and '-', at most 63, no '-' at either end"
+    return "a hostname cannot be all digits" if name.isdigit() else None
+
+
+def _login_user(user: str) -> str | None:
+    if not USER_RE.fullmatch(user):
+        return "use lower-case letters, digits, '-' or '_', starting with a letter"
+    if user in RESERVED_USERS:
+        return "this account already exists in the image; choose another name, e.g. admin"
+    return None
+
+
+def _ipv4(value: Any) -> str:
+    try:
+        return str(ipaddress.IPv4Address(str(value)))
+    except ValueError:
+        raise Invalid("must be an IPv4 address such as 192.168.100.1") from None
+
+
+def _duration(value: str | int) -> str:
+    value = f"{value}s" if isinstance(value, int) else value
+    if not DURATION_RE.fullmatch(value):
+        raise Invalid("must be a duration such as 10s, 500ms or 2min")
+    return value
+
+
+def _ssh_key(key: Any) -> str:
+    if not isinstance(key, str) or not SSH_KEY_RE.fullmatch(key.strip()):
+        raise Invalid("must be one public key line, e.g. 'ssh-ed25519 AAAA… you@host' (the .pub file's content)")
+    return key.strip()
+
+
+def _node_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise Invalid("must be a node's name")
+    return name
+
+
+def _prefer(names: list) -> str | None:
+    if not names:
+        return "list at least one node, most preferred first"
+    return "lists a node twice" if len(set(map(str, names))) != len(names) else None
+
+
+def _network(value: Any) -> str:
+    try:
+        net = ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise Invalid("must be a network such as 192.168.100.0/24") from None
+    if net.prefixlen == 0:
+        raise Invalid("would make an open resolver that anyone can abuse; list your own networks")
+    return str(net)
+
+
+IPV4 = Kind((str,), "a string", _ipv4)
+DURATION = Kind((str, int), "a duration such as 10s, 500ms or 2min", _duration)
+PACEMAKER_ID = _pattern(PACEMAKER_ID_RE, "must start with a letter or '_' and hold only letters, digits, '.-_'")
+
+
+def _nodes(values: dict) -> list[dict]:
+    """The nodes read with a name and an address: what the rules across keys count and compare against."""
+    return [n for n in values.get("nodes") or () if n["name"] and n["address"]]
+
+
+def _subnet(values: dict) -> ipaddress.IPv4Network | None:
+    nodes = _nodes(values)
+    return ipaddress.ip_network(f"{nodes[0]['address']}/{values['network.prefix']}", strict=False) if nodes else None
+
+
+# ---- the schema: every key of cluster.yaml, in the order the README's table and the messages list them -------------
+# Adding a key is one entry here (and the field of its dataclass below); its unknown-key check, its reading and its
+# README row come from it. Rules across keys are the functions in RULES.
+
+KEYS = (
+    Key("cluster.name", TEXT, REQUIRED, "corosync cluster name (`clst-01`), 1–32 of `A-Za-z0-9_-`",
+        _pattern(CLUSTER_NAME_RE, "use 1-32 letters, digits, '-' or '_', starting with a letter or digit")),
+    Key("base.source", choice(SOURCES), REQUIRED,
+        "`debian` (built from Debian's archive), `raspios` (Raspberry Pi OS Lite, downloaded and cached), `file` (a "
+        "local `.img`/`.img.xz`)"),
+    Key("base.release", choice(RELEASES), REQUIRED, "`bullseye`, `bookworm`, `trixie`"),
+    Key("base.arch", choice(ARCHES), REQUIRED, "`armhf` or `arm64` (every node's `model` must run it)"),
+    Key("base.url", TEXT, None, "`raspios`: pin an image (with `base.sha256`)",
+        _pattern(URL_RE, "must be an http://, https:// or file:// URL"), shown="newest image"),
+    Key("base.sha256", TEXT, None, "`raspios`: the pinned image's checksum (`sha256sum` of the `.img.xz`)",
+        lambda digest: None if SHA256_RE.fullmatch(digest.lower()) else
+        "must be 64 hexadecimal digits (sha256sum's output)"),
+    Key("base.path", TEXT, None, "`file`: the image to start from, relative to the config"),
+    Key("base.mirror", TEXT, DEFAULT_MIRROR, "`debian`: the archive mmdebstrap uses",
+        _pattern(URL_RE, "must be an http://, https:// or file:// URL of a Debian archive")),
+    Key("base.updates", FLAG, True,
+        "`debian`: also the `-updates` and `-security` suites (the example turns it off only because the test "
+        "machines' mirror lags behind the security archive)"),
+    Key("network.interface", TEXT, "eth0", "the interface the static address and VIPs go on",
+        _pattern(IFNAME_RE, "must be an interface name of at most 15 characters, e.g. eth0")),
+    Key("network.prefix", whole(8, 30, "must be between 8 and 30 (24 means 255.255.255.0)"), 24,
+        "prefix length of the nodes' subnet (8–30)"),
+    Key("network.gateway", IPV4, REQUIRED, "default route, inside the subnet", what="the router's address"),
+    Key("network.dns", LIST, (), "upstream resolvers: BIND's forwarders",
+        lambda dns: None if dns else Absent("list at least one upstream resolver (BIND forwards to it)"),
+        each=_ipv4, shown="required"),
+    Key("login.user", TEXT, REQUIRED,
+        "the account you log in with (sudo; no password needed for sudo when no `password_hash`)", _login_user,
+        what="the account you log in with"),
+    Key("login.ssh_authorized_keys", LIST, (), "public key lines", each=_ssh_key),
+    Key("login.password_hash", TEXT, None,
+        "crypt hash (`mkpasswd -m yescrypt`, `openssl passwd -6`) for console/ssh password login",
+        _pattern(CRYPT_RE, "must be a crypt hash, e.g. the output of `mkpasswd -m yescrypt` or `openssl passwd -6`")),
+    Key("secrets.hacluster_password_file", TEXT, "secrets/hacluster",
+        "created 0600 (its directory 0700) with a random password when missing; relative to the config; one line of "
+        "printable characters"),
+    Key("nodes", LIST, REQUIRED, "the cluster's machines, at least two; the first node forms the cluster",
+        lambda nodes: "a cluster needs at least two nodes" if len(nodes) < 2 else None, what="at least two nodes"),
+    Key("nodes[].name", TEXT, REQUIRED, "hostname", _hostname, what="the node's hostname"),
+    Key("nodes[].address", IPV4, REQUIRED, "static IPv4 address"),
+    Key("nodes[].model", TEXT, REQUIRED, "the board: " + ", ".join(f"`{m}`" for m in MODELS),
+        lambda model: None if model in MODELS else f"unknown model; known: {', '.join(MODELS)}",
+        what="the board, e.g. pi3b"),
+    Key("vips", LIST, REQUIRED, "the floating addresses clients use, at least one",
+        lambda vips: None if vips else
+        "list at least one floating address: without one the cluster protects nothing",
+        what="the floating addresses clients use"),
+    Key("vips[].name", TEXT, REQUIRED, "the address's Pacemaker resource", PACEMAKER_ID),
+    Key("vips[].address", IPV4, REQUIRED, "the floating IPv4 address, in the nodes' subnet"),
+    Key("vips[].prefer", LIST, REQUIRED,
+        "nodes to run on, most preferred first: scores 100 × n, …, 100", _prefer, each=_node_name,
+        what="the nodes to run on, most preferred first"),
+    Key("vips[].group", TEXT, Computed(lambda values, i: f"rg-{i + 1:02d}", "`rg-NN`"),
+        "with `layout: group`: the group of the VIP's BIND monitor and address", PACEMAKER_ID),
+    Key("vips[].monitor", TEXT, Computed(lambda values, i: f"monitor-named{i + 1}", "`monitor-namedN`"),
+        "with `layout: group`: the VIP's own named2 monitor", PACEMAKER_ID),
+    Key("pacemaker.stonith_enabled", FLAG, False, "pibuild configures no fencing device, so `true` is refused",
+        lambda on: "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "
+                   "device; set it to false" if on else None),
+    Key("pacemaker.no_quorum_policy", choice(NO_QUORUM_POLICIES),
+        Computed(lambda values, i: default_no_quorum_policy(len(_nodes(values))),
+                 "`ignore` with two nodes, `stop` with three or more"),
+        "what a node without quorum does with its resources (see [Quorum and split brain](#quorum-and-split-brain))."
+        " Two nodes: the seed's `ignore`, which matters only when one node starts while the other is dead. Three or "
+        "more: `ignore` is refused, since a node cut off from the majority would keep the VIPs the majority also "
+        "took"),
+    Key("pacemaker.migration_threshold",
+        whole(1, None, "must be 1 or more (the seed uses 1: fail over at the first failure)"), 1,
+        "fail over at the first failure (the seed: \"without it the resource never fails over\")"),
+    # pibuild's default; the seed (and the bundled example) monitor every 10s.
+    Key("pacemaker.monitor_interval", DURATION, "2s", "how often named2 checks BIND (the seed: `10s`)"),
+    Key("pacemaker.monitor_timeout", DURATION, "20s", "named2's monitor operation timeout"),
+    Key("pacemaker.failback", choice(FAILBACK), "manual",
+        "`manual`: a VIP stays on the survivor until `pcs resource cleanup` (the seed); `auto`: it returns once BIND "
+        "on its preferred node answers again (after `failure_timeout`)"),
+    Key("pacemaker.failure_timeout", DURATION, "60s", "with `failback: auto`: how long a failure counts"),
+    Key("pacemaker.named_user", TEXT, "bind", "the named2 agent's user BIND runs as",
+        _pattern(USER_RE, "must be the user BIND runs as (Debian's is 'bind')")),
+    Key("pacemaker.monitor_request", TEXT, "localhost", "the name the named2 agent queries",
+        _pattern(DNS_NAME_RE, "must be a DNS name BIND answers, e.g. localhost (the seed's)")),
+    # pibuild's default fits a LAN; the seed ran corosync's 3000.
+    Key("pacemaker.token_ms", whole(500, 60000, "must be between 500 and 60000 milliseconds"), 1000,
+        "corosync's totem token: how long a silent node takes to be declared lost (plus consensus, 1.2 × token); the "
+        "seed: corosync's `3000`"),
+    # Not 2: in the lab a busy survivor's BIND (taking over both addresses while the other node rejoined) missed two
+    # 2 s queries in a row, and its own monitor failing would have left no node for the addresses.
+    Key("pacemaker.query_timeout", WHOLE, 3,
+        "seconds named2 waits for each answer of BIND (the agent's own default and the seed: `5`); the monitor "
+        "fails after two unanswered queries in a row (named pauses while it rescans interfaces as a VIP comes or "
+        "goes), so a frozen BIND is found within `monitor_interval` + 2 × `query_timeout`; at most a third of "
+        "`monitor_timeout`"),
+    Key("pacemaker.react_to_named_stop", FLAG, True,
+        "BIND's stop hands its addresses over before BIND goes: `pibuild-named-handoff.service` "
+        "(`PartOf=`/`After=named.service`, so systemd stops it just before named on every stop or restart) marks the "
+        "local named2 failed (`crm_resource --fail`) and waits, at most 20 s, until no floating address is left on "
+        "the node; only then does BIND stop, so it answers until its address has moved. A restart (`systemctl "
+        "restart named`, a bind9 upgrade) hands over too; with `failback: manual` the addresses then stay on the "
+        "other node until `pcs resource cleanup`, as after any failure. A BIND that dies by itself is reported the "
+        "moment it is gone (`ExecStopPost`: `/usr/lib/pibuild/named-stopped`). Nothing happens before the cluster "
+        "formed or during a shutdown. The seed: `false`"),
+    # builder/plan.py ties BIND's health and the floating addresses by this.
+    Key("pacemaker.layout", choice(LAYOUTS), "clone",
+        "`clone`: one named2 monitor runs on every node (a Pacemaker clone) and each VIP is colocated with it "
+        "(`INFINITY`) and ordered after it (`kind=Optional`, so a failure elsewhere restarts nothing), so a failover "
+        "moves the address alone. `group`: the seed's, a group per VIP of its own named2 monitor and the address, "
+        "which move together (in the lab that move cost ~10 s of agent calls)"),
+    Key("pacemaker.address_agent", choice(ADDRESS_AGENTS), "vip",
+        "what holds a floating address: `vip` is pibuild's `ocf:pibuild:vip` (adds the address, announces it with "
+        "gratuitous ARP through resource-agents' `send_arp`, removes it; a few processes; its stop ends only the "
+        "`send_arp` it started, checked by its command line, because a pidfile can outlive its process and "
+        "`send_arp` itself kills whatever pid an existing pidfile names), `IPaddr2` is resource-agents' (the seed's), "
+        "which starts about thirty processes before it adds the address: 1–3 s of every failover on an emulated lab "
+        "node, a fraction of that on a Pi"),
+    Key("dns.allow_recursion", LIST,
+        Computed(lambda values, i: [str(s)] if (s := _subnet(values)) else [], "the nodes' subnet"),
+        "networks BIND recurses for; refused when they cover every address, however split (`0.0.0.0/0`, `::/0`, "
+        "`[0.0.0.0/1, 128.0.0.0/1]`: an open resolver); a warning for a network outside the private ranges (10/8, "
+        "172.16/12, 192.168/16, 100.64/10, link-local, loopback, fc00::/7)", each=_network),
+)
+
+
+def schema_defaults(section: str):
+    """Give a dataclass's fields the schema's defaults of section's keys (before @dataclass reads them), so an object
+    made by hand (a test's Base) is what a config that leaves those keys out loads to."""
+    def apply(cls):
+        for key in KEYS:
+            if key.parent == section and key.name in cls.__annotations__ and not key.required \
+                    and not isinstance(key.default, Computed):
+                setattr(cls, key.name, key.default)
+        return cls
+    return apply
+
+
+# ---- what load() returns ------------------------------------------------------------------------------------------
+
 @dataclass(frozen=True)
+@schema_defaults("base")
 class Base:
     source: str
     release: str
     arch: str
-    url: str | None = None
-    sha256: str | None = None
-    path: Path | None = None
-    mirror: str = DEFAULT_MIRROR
-    # debian base: also the -updates and -security suites.
-    updates: bool = True
+    url: str | None
+    sha256: str | None
+    path: Path | None
+    mirror: str
+    updates: bool
 
 
 @dataclass(frozen=True)
@@ -77,10 +311,11 @@ class Network:
 
 
 @dataclass(frozen=True)
+@schema_defaults("login")
 class Login:
     user: str
-    ssh_authorized_keys: tuple[str, ...] = ()
-    password_hash: str | None = None
+    ssh_authorized_keys: tuple[str, ...]
+    password_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -112,38 +347,23 @@ def default_no_quorum_policy(node_count: int) -> str:
     return "ignore" if node_count <= 2 else "stop"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+@schema_defaults("pacemaker")
 class Pacemaker:
-    stonith_enabled: bool = False
-    # load() chooses by node count (default_no_quorum_policy); this is the two-node value.
-    no_quorum_policy: str = "ignore"
-    migration_threshold: int = 1
-    # pibuild's default; the seed (and the bundled example) monitor every 10s.
-    monitor_interval: str = "2s"
-    monitor_timeout: str = "20s"
-    failback: str = "manual"
-    failure_timeout: str = "60s"
-    named_user: str = "bind"
-    monitor_request: str = "localhost"
-    # corosync's totem token (ms): how long a silent node takes to be declared lost (plus consensus, 1.2 × token).
-    # pibuild's default fits a LAN; the seed ran corosync's 3000.
-    token_ms: int = 1000
-    # Seconds the named2 monitor waits for each of BIND's answers (the agent's own default is 5): a frozen BIND
-    # is found within monitor_interval + 2 x query_timeout (two unanswered queries in a row). Not 2: in the lab a
-    # busy survivor's BIND (taking over both addresses while the other node rejoined) missed two 2 s queries in a
-    # row, and its own monitor failing would have left no node for the addresses.
-    query_timeout: int = 3
-    # named.service's stop tells Pacemaker at once (/usr/lib/pibuild/named-stopped) instead of waiting for the
-    # next monitor. The seed had no such reaction.
-    react_to_named_stop: bool = True
-    # How BIND's health and the floating addresses are tied (builder/plan.py):
-    #   clone: one named2 monitor runs on every node (a clone); each VIP may run only where it reports BIND
-    #          serving, so a failover moves the address alone (pibuild's default);
-    #   group: the seed's, one group per VIP of its own named2 monitor and the address, which move together.
-    layout: str = "clone"
-    # vip: pibuild's address agent, a few processes per start; IPaddr2: resource-agents' (the seed's), about
-    # thirty, which cost 1-3 s of every failover on an emulated lab node.
-    address_agent: str = "vip"
+    stonith_enabled: bool
+    no_quorum_policy: str  # no default: load() chooses by node count (default_no_quorum_policy)
+    migration_threshold: int
+    monitor_interval: str
+    monitor_timeout: str
+    failback: str
+    failure_timeout: str
+    named_user: str
+    monitor_request: str
+    token_ms: int
+    query_timeout: int
+    react_to_named_stop: bool
+    layout: str
+    address_agent: str
 
 
 @dataclass(frozen=True)
@@ -182,123 +402,158 @@ class Cluster:
         raise KeyError(name)
 
 
-# The keys each section accepts (unknown keys are reported: a typo must not silently fall back to a default).
-KNOWN_KEYS = {
-    "": ("cluster", "base", "network", "login", "secrets", "nodes", "vips", "pacemaker", "dns"),
-    "cluster": ("name",),
-    "base": ("source", "release", "arch", "url", "sha256", "path", "mirror", "updates"),
-    "network": ("interface", "prefix", "gateway", "dns"),
-    "login": ("user", "ssh_authorized_keys", "password_hash"),
-    "secrets": ("hacluster_password_file",),
-    "node": ("name", "address", "model"),
-    "vip": ("name", "address", "prefer", "group", "monitor"),
-    "pacemaker": ("stonith_enabled", "no_quorum_policy", "migration_threshold", "monitor_interval", "monitor_timeout",
-                  "failback", "failure_timeout", "named_user", "monitor_request", "token_ms",
-                  "query_timeout", "react_to_named_stop", "layout", "address_agent"),
-    "dns": ("allow_recursion",),
-}
+# ---- rules across keys: each reads r.values (by schema path; a list of mappings as dicts) and records problems -----
+
+def _base_source(r: Reader) -> None:
+    v = r.values
+    source, path = v["base.source"], v["base.path"]
+    if source == "file":
+        if path is None:
+            r.problem("base.path", MISSING, "required when base.source is 'file': the .img or .img.xz to start from")
+        elif not path.endswith((".img", ".img.xz")):
+            r.problem("base.path", path, "must name a .img or .img.xz file")
+        elif not (r.base_dir / path).expanduser().is_file():
+            r.problem("base.path", path, f"no such file ({(r.base_dir / path).expanduser()})")
+    elif path is not None:
+        r.problem("base.path", path, "only used with base.source: file; remove it or set source: file")
+    for key in ("base.url", "base.sha256"):
+        if v[key] is not None and source not in (None, "raspios"):
+            r.problem(key, v[key], "only used with base.source: raspios")
 
 
-class _Reader:
-    """Reads values by key path, recording a problem instead of raising, so every problem is reported at once."""
+def _boards(r: Reader) -> None:
+    """Every node's board runs base.arch (and, when Debian's, is not ARMv6)."""
+    arch, source = r.values["base.arch"], r.values["base.source"]
+    for i, node in enumerate(r.values["nodes"] or ()):
+        model = MODELS.get(node["model"])
+        if model is None or arch is None:
+            continue
+        if arch not in model.arches:
+            r.problem(f"nodes[{i}].model", node["model"],
+                      f"a {model.description} cannot run {arch}; use base.arch: {model.arches[0]} or another board")
+        elif model.armv6 and source == "debian":
+            r.problem(f"nodes[{i}].model", node["model"],
+                      f"a {model.description} is ARMv6, which Debian's armhf cannot run; use base.source: raspios")
 
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.warnings: list[str] = []
-        # Keys whose value holds a control character: reported once, as that, not again by the key's own rule.
-        self.unprintable: set[str] = set()
 
-    def problem(self, key: str, value: Any, fix: str) -> None:
-        if key in self.unprintable:
-            return
-        shown = "missing" if value is _MISSING else repr(value)
-        self.problems.append(f"{key}: {shown}: {fix}")
+def _node_names_and_addresses(r: Reader) -> None:
+    nodes = list(enumerate(r.values["nodes"] or ()))
+    _unique(r, "name", [(f"nodes[{i}].name", n["name"]) for i, n in nodes])
+    _unique(r, "address", [(f"nodes[{i}].address", n["address"]) for i, n in nodes])
+    subnet = _subnet(r.values)
+    if subnet is None:
+        return
+    gateway = r.values["network.gateway"]
+    for i, node in nodes:
+        _in_subnet(r, f"nodes[{i}].address", node["address"], subnet)
+    if gateway:
+        _in_subnet(r, "network.gateway", gateway, subnet)
+        for i, node in nodes:
+            if node["address"] == gateway:
+                r.problem(f"nodes[{i}].address", gateway, "is the gateway's address; give the node its own")
 
-    def warn(self, key: str, value: Any, what: str) -> None:
-        self.warnings.append(f"{key}: {value!r}: {what}")
 
-    def control_characters(self, value: Any, key: str = "") -> None:
-        """Refuse a control character anywhere (a line break in a name would reach /etc/hosts and pcs's argv)."""
-        if isinstance(value, dict):
-            for k, v in value.items():
-                self.control_characters(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                self.control_characters(v, f"{key}[{i}]")
-        elif isinstance(value, str):
-            bad = next((c for c in value if _is_control(c)), None)
-            if bad is not None:
-                self.problem(key, value, f"holds a control character ({_describe(bad)}) at position "
-                                         f"{value.index(bad) + 1}: remove it (a value is one line of printable text)")
-                self.unprintable.add(key)
+def _vip_addresses(r: Reader) -> None:
+    subnet, gateway = _subnet(r.values), r.values["network.gateway"]
+    node_addresses = {n["address"] for n in _nodes(r.values)}
+    vips = list(enumerate(r.values["vips"] or ()))
+    for i, vip in vips:
+        key, address = f"vips[{i}].address", vip["address"]
+        if address and subnet:
+            _in_subnet(r, key, address, subnet)
+        if address in node_addresses:
+            r.problem(key, address, "is a node's own address; a floating address must be unused")
+        if address and address == gateway:
+            r.problem(key, address, "is the gateway's address; a floating address must be unused")
+    _unique(r, "address", [(f"vips[{i}].address", v["address"]) for i, v in vips])
 
-    def section(self, data: dict, key: str, known: str, required: bool = True) -> dict:
-        value = data.get(key, _MISSING)
-        if value is _MISSING or value is None:
-            if required:
-                self.problem(key, _MISSING, f"add a '{key}:' section")
-            return {}
-        if not isinstance(value, dict):
-            self.problem(key, value, "must be a mapping of keys")
-            return {}
-        self.unknown_keys(value, key, known)
-        return value
 
-    def unknown_keys(self, value: dict, path: str, known: str) -> None:
-        for k in value:
-            if k not in KNOWN_KEYS[known]:
-                self.problem(f"{path}.{k}" if path else str(k), value[k],
-                             f"unknown key; known keys here: {', '.join(KNOWN_KEYS[known])}")
+def _vip_prefer(r: Reader) -> None:
+    names = {n["name"] for n in _nodes(r.values)}
+    # A name refused for a control character ('dns-pm02\n') is not also news as an unknown node in `prefer`.
+    if not names or any(re.fullmatch(r"nodes\[\d+\]\.name", key) for key in r.unprintable):
+        return
+    for i, _ in enumerate(r.values["vips"] or ()):
+        for j, name in enumerate(r.written.get(f"vips[{i}].prefer") or ()):
+            if isinstance(name, str) and name not in names:
+                r.problem(f"vips[{i}].prefer[{j}]", name, f"unknown node; nodes are: {', '.join(sorted(names))}")
 
-    def get(self, data: dict, path: str, key: str, kind: type | tuple, default: Any = None,
-            required: bool = False, what: str = "") -> Any:
-        value = data.get(key, _MISSING)
-        full = f"{path}.{key}" if path else key
-        if value is _MISSING or value is None:
-            if required:
-                self.problem(full, _MISSING, f"required{': ' + what if what else ''}")
-            return default
-        # YAML's true/false are ints in Python; never accept one where a number is wanted, or the reverse.
-        if kind is int and isinstance(value, bool):
-            self.problem(full, value, f"must be a whole number{': ' + what if what else ''}")
-            return default
-        if not isinstance(value, kind):
-            name = {str: "a string", int: "a whole number", bool: "true or false", list: "a list"}.get(kind, str(kind))
-            self.problem(full, value, f"must be {name}{': ' + what if what else ''}")
-            return default
-        return value
 
-    def choice(self, data: dict, path: str, key: str, choices, default: Any = None, required: bool = False):
-        value = self.get(data, path, key, str, default, required, what="one of " + ", ".join(choices))
-        if value is not None and value not in choices:
-            self.problem(f"{path}.{key}", value, f"must be one of {', '.join(choices)}")
-            return default
-        return value
+def _vip_ids(r: Reader) -> None:
+    """A VIP's name, group and monitor are Pacemaker ids: unique, and not the id of pibuild's own BIND monitor."""
+    ids = [(f"vips[{i}].{k}", v[k]) for i, v in enumerate(r.values["vips"] or ())
+           if all(v[k] for k in ("name", "address", "group", "monitor")) for k in ("name", "group", "monitor")]
+    _unique(r, "name, group or monitor", ids)
+    for key, ident in ids:
+        if ident in CLONE_MONITOR_IDS:
+            r.problem(key, ident, f"is the id of pibuild's cloned BIND monitor ({', '.join(CLONE_MONITOR_IDS)}); "
+                                  "choose another name")
 
-    def ipv4(self, value: Any, key: str) -> str | None:
+
+def _query_timeout(r: Reader) -> None:
+    # A monitor may send two queries (named2: one unanswered query is not a dead BIND); both must fit.
+    query, timeout = r.values["pacemaker.query_timeout"], r.values["pacemaker.monitor_timeout"]
+    if not 1 <= query <= duration_seconds(timeout) / 3:
+        r.problem("pacemaker.query_timeout", query,
+                  f"must be at least 1 second and at most a third of monitor_timeout ({timeout}): "
+                  "a monitor may wait for two queries")
+
+
+def _quorum(r: Reader) -> None:
+    count = len(_nodes(r.values))
+    if r.values["pacemaker.no_quorum_policy"] == "ignore" and count >= 3:
+        r.problem("pacemaker.no_quorum_policy", "ignore",
+                  f"with {count} nodes a node cut off from the others would keep serving the VIPs the majority "
+                  "also took over (the same address twice on the LAN); remove the key (the default for three or "
+                  "more nodes is stop) or set stop")
+
+
+def _recursion(r: Reader) -> None:
+    """No open resolver, however the networks are split; a warning for recursion for public addresses."""
+    written, acl = r.written.get("dns.allow_recursion") or [], r.values["dns.allow_recursion"]
+    for i, value in enumerate(written):
         try:
-            return str(ipaddress.IPv4Address(str(value)))
+            net = ipaddress.ip_network(str(value), strict=False)
         except ValueError:
-            self.problem(key, value, "must be an IPv4 address such as 192.168.100.1")
-            return None
+            continue
+        if net.prefixlen and not any(net.subnet_of(private) for private in NON_PUBLIC_NETWORKS
+                                     if private.version == net.version):
+            r.warn(f"dns.allow_recursion[{i}]", value,
+                   "covers public addresses: BIND recurses for anyone in it who reaches a node; list only networks "
+                   "you control")
+    for version in (4, 6):
+        nets = [ipaddress.ip_network(a) for a in acl if ipaddress.ip_network(a).version == version]
+        if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(nets)):
+            r.problem("dns.allow_recursion", written,
+                      f"together these networks cover every IPv{version} address: an open resolver that anyone can "
+                      "abuse; list only your own networks")
 
 
-def _is_control(char: str) -> bool:
-    # Cc: C0 (line breaks, tab, escape, NUL), DEL and C1; also Unicode's own line and paragraph separators.
-    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+RULES = (_base_source, _boards, _node_names_and_addresses, _vip_addresses, _vip_prefer, _vip_ids, _query_timeout,
+         _quorum, _recursion)
 
 
-def _describe(char: str) -> str:
-    names = {"\n": "a line break, \\n", "\r": "a carriage return, \\r", "\t": "a tab, \\t"}
-    return names.get(char, f"U+{ord(char):04X}")
+def _unique(r: Reader, what: str, keyed: list[tuple[str, Any]]) -> None:
+    seen: dict[str, str] = {}
+    for key, value in keyed:
+        if value is None:
+            continue
+        norm = str(value).lower()
+        if norm in seen:
+            r.problem(key, value, f"duplicate {what}: {seen[norm]} has it already; each must be unique")
+        else:
+            seen[norm] = key
 
 
-class _Missing:
-    def __repr__(self) -> str:
-        return "missing"
-
-
-_MISSING = _Missing()
+def _in_subnet(r: Reader, key: str, value: Any, subnet: ipaddress.IPv4Network) -> None:
+    try:
+        addr = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return
+    if addr not in subnet:
+        r.problem(key, str(value), f"is outside the nodes' subnet {subnet} (network.prefix); use an address in it")
+    elif addr in (subnet.network_address, subnet.broadcast_address):
+        r.problem(key, str(value), f"is the network or broadcast address of {subnet}; use a host address")
 
 
 def parse_yaml(text: str, source: str) -> dict:
@@ -334,302 +589,30 @@ def load(path: Path, base_dir: Path | None = None) -> Cluster:
 
 
 def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster:
-    r = _Reader()
-    r.control_characters(data)
-    r.unknown_keys(data, "", "")
-    base_dir = source.parent if base_dir is None else base_dir
-
-    # cluster
-    sec = r.section(data, "cluster", "cluster")
-    name = r.get(sec, "cluster", "name", str, required=True)
-    if name is not None and not CLUSTER_NAME_RE.fullmatch(name):
-        r.problem("cluster.name", name, "use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
-
-    # base
-    sec = r.section(data, "base", "base")
-    source_kind = r.choice(sec, "base", "source", SOURCES, required=True)
-    release = r.choice(sec, "base", "release", tuple(RELEASES), required=True)
-    arch = r.choice(sec, "base", "arch", tuple(ARCHES), required=True)
-    url = r.get(sec, "base", "url", str)
-    sha256 = r.get(sec, "base", "sha256", str)
-    if sha256 is not None and not SHA256_RE.fullmatch(sha256.lower()):
-        r.problem("base.sha256", sha256, "must be 64 hexadecimal digits (sha256sum's output)")
-    if url is not None and not URL_RE.fullmatch(url):
-        r.problem("base.url", url, "must be an http://, https:// or file:// URL")
-    mirror = r.get(sec, "base", "mirror", str, DEFAULT_MIRROR)
-    if not URL_RE.fullmatch(mirror):
-        r.problem("base.mirror", mirror, "must be an http://, https:// or file:// URL of a Debian archive")
-    base_path = r.get(sec, "base", "path", str)
-    resolved_path = None
-    if source_kind == "file":
-        if base_path is None:
-            r.problem("base.path", _MISSING, "required when base.source is 'file': the .img or .img.xz to start from")
-        else:
-            resolved_path = (base_dir / base_path).expanduser()
-            if not base_path.endswith((".img", ".img.xz")):
-                r.problem("base.path", base_path, "must name a .img or .img.xz file")
-            elif not resolved_path.is_file():
-                r.problem("base.path", base_path, f"no such file ({resolved_path})")
-    elif base_path is not None:
-        r.problem("base.path", base_path, "only used with base.source: file; remove it or set source: file")
-    for key, value in (("url", url), ("sha256", sha256)):
-        if value is not None and source_kind not in (None, "raspios"):
-            r.problem(f"base.{key}", value, "only used with base.source: raspios")
-    updates = r.get(sec, "base", "updates", bool, True)
-    base = Base(source_kind or "debian", release or "bookworm", arch or "armhf", url, sha256 and sha256.lower(),
-                resolved_path, mirror, updates)
-
-    # network
-    sec = r.section(data, "network", "network")
-    interface = r.get(sec, "network", "interface", str, "eth0")
-    if not IFNAME_RE.fullmatch(interface):
-        r.problem("network.interface", interface, "must be an interface name of at most 15 characters, e.g. eth0")
-    prefix = r.get(sec, "network", "prefix", int, 24)
-    if not 8 <= prefix <= 30:
-        r.problem("network.prefix", prefix, "must be between 8 and 30 (24 means 255.255.255.0)")
-        prefix = 24
-    gateway = r.get(sec, "network", "gateway", str, required=True, what="the router's address")
-    gateway = r.ipv4(gateway, "network.gateway") if gateway is not None else None
-    dns_raw = r.get(sec, "network", "dns", list, [])
-    dns = tuple(a for i, v in enumerate(dns_raw) if (a := r.ipv4(v, f"network.dns[{i}]")))
-    if not dns_raw:
-        r.problem("network.dns", dns_raw or _MISSING, "list at least one upstream resolver (BIND forwards to it)")
-
-    # login
-    sec = r.section(data, "login", "login")
-    user = r.get(sec, "login", "user", str, required=True, what="the account you log in with")
-    if user is not None and not USER_RE.fullmatch(user):
-        r.problem("login.user", user, "use lower-case letters, digits, '-' or '_', starting with a letter")
-    elif user in RESERVED_USERS:
-        r.problem("login.user", user, "this account already exists in the image; choose another name, e.g. admin")
-    keys = r.get(sec, "login", "ssh_authorized_keys", list, [])
-    for i, key in enumerate(keys):
-        if not isinstance(key, str) or not SSH_KEY_RE.fullmatch(key.strip()):
-            r.problem(f"login.ssh_authorized_keys[{i}]", key,
-                      "must be one public key line, e.g. 'ssh-ed25519 AAAA… you@host' (the .pub file's content)")
-    password_hash = r.get(sec, "login", "password_hash", str)
-    if password_hash is not None and not CRYPT_RE.fullmatch(password_hash):
-        r.problem("login.password_hash", password_hash,
-                  "must be a crypt hash, e.g. the output of `mkpasswd -m yescrypt` or `openssl passwd -6`")
-    login = Login(user or "admin", tuple(k.strip() for k in keys if isinstance(k, str)), password_hash)
-
-    # secrets
-    sec = r.section(data, "secrets", "secrets", required=False)
-    secret = r.get(sec, "secrets", "hacluster_password_file", str, "secrets/hacluster")
-    secret_path = (base_dir / secret).expanduser()
-
-    # nodes
-    nodes: list[Node] = []
-    raw_nodes = r.get(data, "", "nodes", list, [], required=True, what="at least two nodes")
-    if raw_nodes is not None and len(raw_nodes) < 2:
-        r.problem("nodes", raw_nodes, "a cluster needs at least two nodes")
-    for i, raw in enumerate(raw_nodes or []):
-        key = f"nodes[{i}]"
-        if not isinstance(raw, dict):
-            r.problem(key, raw, "must be a mapping with name, address and model")
-            continue
-        r.unknown_keys(raw, key, "node")
-        n_name = r.get(raw, key, "name", str, required=True, what="the node's hostname")
-        if n_name is not None and not HOSTNAME_RE.fullmatch(n_name):
-            r.problem(f"{key}.name", n_name,
-                      "must be a hostname: lower-case letters, digits and '-', at most 63, no '-' at either end")
-        elif n_name is not None and n_name.isdigit():
-            r.problem(f"{key}.name", n_name, "a hostname cannot be all digits")
-        addr = r.get(raw, key, "address", str, required=True)
-        addr = r.ipv4(addr, f"{key}.address") if addr is not None else None
-        model = r.get(raw, key, "model", str, required=True, what="the board, e.g. pi3b")
-        if model is not None and model not in MODELS:
-            r.problem(f"{key}.model", model, f"unknown model; known: {', '.join(MODELS)}")
-        elif model is not None and arch is not None:
-            m = MODELS[model]
-            if arch not in m.arches:
-                r.problem(f"{key}.model", model,
-                          f"a {m.description} cannot run {arch}; use base.arch: {m.arches[0]} or another board")
-            elif m.armv6 and source_kind in ("debian",):
-                r.problem(f"{key}.model", model,
-                          f"a {m.description} is ARMv6, which Debian's armhf cannot run; use base.source: raspios")
-        if n_name and addr:
-            nodes.append(Node(n_name, addr, model or "pi3b"))
-
-    _unique(r, "nodes", "name", [(f"nodes[{i}].name", n.get("name")) for i, n in _mappings(raw_nodes)])
-    _unique(r, "nodes", "address", [(f"nodes[{i}].address", n.get("address")) for i, n in _mappings(raw_nodes)])
-    node_names = {n.name for n in nodes}
-    # A name refused for a control character ('dns-pm02\n') is not also news as an unknown node in `prefer`.
-    names_refused = any(re.fullmatch(r"nodes\[\d+\]\.name", key) for key in r.unprintable)
-
-    # the subnet every address must sit in
-    subnet = None
-    if nodes:
-        subnet = ipaddress.ip_network(f"{nodes[0].address}/{prefix}", strict=False)
-        for i, raw in _mappings(raw_nodes):
-            _in_subnet(r, f"nodes[{i}].address", raw.get("address"), subnet)
-        if gateway:
-            _in_subnet(r, "network.gateway", gateway, subnet)
-            for i, raw in _mappings(raw_nodes):
-                if raw.get("address") == gateway:
-                    r.problem(f"nodes[{i}].address", gateway, "is the gateway's address; give the node its own")
-
-    # vips
-    vips: list[Vip] = []
-    raw_vips = r.get(data, "", "vips", list, [], required=True, what="the floating addresses clients use")
-    if raw_vips is not None and not raw_vips:
-        r.problem("vips", raw_vips, "list at least one floating address: without one the cluster protects nothing")
-    node_addresses = {n.address for n in nodes}
-    for i, raw in enumerate(raw_vips or []):
-        key = f"vips[{i}]"
-        if not isinstance(raw, dict):
-            r.problem(key, raw, "must be a mapping with name, address and prefer")
-            continue
-        r.unknown_keys(raw, key, "vip")
-        v_name = r.get(raw, key, "name", str, required=True)
-        group = r.get(raw, key, "group", str, f"rg-{i + 1:02d}")
-        monitor = r.get(raw, key, "monitor", str, f"monitor-named{i + 1}")
-        for sub, ident in (("name", v_name), ("group", group), ("monitor", monitor)):
-            if ident is not None and not PACEMAKER_ID_RE.fullmatch(ident):
-                r.problem(f"{key}.{sub}", ident, "must start with a letter or '_' and hold only letters, digits, '.-_'")
-        addr = r.get(raw, key, "address", str, required=True)
-        addr = r.ipv4(addr, f"{key}.address") if addr is not None else None
-        if addr and subnet:
-            _in_subnet(r, f"{key}.address", addr, subnet)
-        if addr in node_addresses:
-            r.problem(f"{key}.address", addr, "is a node's own address; a floating address must be unused")
-        if addr and addr == gateway:
-            r.problem(f"{key}.address", addr, "is the gateway's address; a floating address must be unused")
-        prefer = r.get(raw, key, "prefer", list, [], required=True, what="the nodes to run on, most preferred first")
-        if isinstance(raw.get("prefer"), list) and not prefer:
-            r.problem(f"{key}.prefer", prefer, "list at least one node, most preferred first")
-        for j, p in enumerate(prefer):
-            if not isinstance(p, str):
-                r.problem(f"{key}.prefer[{j}]", p, "must be a node's name")
-            elif p not in node_names and nodes and not names_refused:
-                r.problem(f"{key}.prefer[{j}]", p, f"unknown node; nodes are: {', '.join(sorted(node_names))}")
-        if len(set(map(str, prefer))) != len(prefer):
-            r.problem(f"{key}.prefer", prefer, "lists a node twice")
-        if v_name and addr and group and monitor:
-            vips.append(Vip(v_name, addr, tuple(map(str, prefer)), group, monitor))
-    _unique(r, "vips", "address", [(f"vips[{i}].address", v.get("address")) for i, v in _mappings(raw_vips)])
-    ids = [(f"vips[{i}].{k}", ident) for i, v in enumerate(vips) for k, ident in
-           (("name", v.name), ("group", v.group), ("monitor", v.monitor))]
-    _unique(r, "vips", "name, group or monitor", ids)
-    for key, ident in ids:
-        if ident in CLONE_MONITOR_IDS:
-            r.problem(key, ident, f"is the id of pibuild's cloned BIND monitor ({', '.join(CLONE_MONITOR_IDS)}); "
-                                  "choose another name")
-
-    # pacemaker
-    sec = r.section(data, "pacemaker", "pacemaker", required=False)
-    d = Pacemaker()
-    pm = Pacemaker(
-        stonith_enabled=r.get(sec, "pacemaker", "stonith_enabled", bool, d.stonith_enabled),
-        no_quorum_policy=r.choice(sec, "pacemaker", "no_quorum_policy", NO_QUORUM_POLICIES,
-                                  default_no_quorum_policy(len(nodes))),
-        migration_threshold=r.get(sec, "pacemaker", "migration_threshold", int, d.migration_threshold),
-        monitor_interval=_duration(r, sec, "monitor_interval", d.monitor_interval),
-        monitor_timeout=_duration(r, sec, "monitor_timeout", d.monitor_timeout),
-        failback=r.choice(sec, "pacemaker", "failback", FAILBACK, d.failback),
-        failure_timeout=_duration(r, sec, "failure_timeout", d.failure_timeout),
-        named_user=r.get(sec, "pacemaker", "named_user", str, d.named_user),
-        monitor_request=r.get(sec, "pacemaker", "monitor_request", str, d.monitor_request),
-        token_ms=r.get(sec, "pacemaker", "token_ms", int, d.token_ms),
-        query_timeout=r.get(sec, "pacemaker", "query_timeout", int, d.query_timeout),
-        react_to_named_stop=r.get(sec, "pacemaker", "react_to_named_stop", bool, d.react_to_named_stop),
-        layout=r.choice(sec, "pacemaker", "layout", LAYOUTS, d.layout),
-        address_agent=r.choice(sec, "pacemaker", "address_agent", tuple(ADDRESS_AGENTS), d.address_agent),
-    )
-    if not USER_RE.fullmatch(pm.named_user):
-        r.problem("pacemaker.named_user", pm.named_user, "must be the user BIND runs as (Debian's is 'bind')")
-    if not DNS_NAME_RE.fullmatch(pm.monitor_request):
-        r.problem("pacemaker.monitor_request", pm.monitor_request,
-                  "must be a DNS name BIND answers, e.g. localhost (the seed's)")
-    if pm.migration_threshold < 1:
-        r.problem("pacemaker.migration_threshold", pm.migration_threshold,
-                  "must be 1 or more (the seed uses 1: fail over at the first failure)")
-    if not 500 <= pm.token_ms <= 60000:
-        r.problem("pacemaker.token_ms", pm.token_ms, "must be between 500 and 60000 milliseconds")
-    # A monitor may send two queries (named2: one unanswered query is not a dead BIND); both must fit.
-    if not 1 <= pm.query_timeout <= duration_seconds(pm.monitor_timeout) / 3:
-        r.problem("pacemaker.query_timeout", pm.query_timeout,
-                  f"must be at least 1 second and at most a third of monitor_timeout ({pm.monitor_timeout}): "
-                  "a monitor may wait for two queries")
-    if pm.no_quorum_policy == "ignore" and len(nodes) >= 3:
-        r.problem("pacemaker.no_quorum_policy", "ignore",
-                  f"with {len(nodes)} nodes a node cut off from the others would keep serving the VIPs the majority "
-                  "also took over (the same address twice on the LAN); remove the key (the default for three or "
-                  "more nodes is stop) or set stop")
-    if pm.stonith_enabled:
-        r.problem("pacemaker.stonith_enabled", True,
-                  "pibuild configures no fencing device, and Pacemaker starts no resource with stonith on and no "
-                  "device; set it to false")
-
-    # dns
-    sec = r.section(data, "dns", "dns", required=False)
-    default_acl = [str(subnet)] if subnet else []
-    acl_raw = r.get(sec, "dns", "allow_recursion", list, default_acl)
-    acl = []
-    for i, value in enumerate(acl_raw):
-        try:
-            net = ipaddress.ip_network(str(value), strict=False)
-        except ValueError:
-            r.problem(f"dns.allow_recursion[{i}]", value, "must be a network such as 192.168.100.0/24")
-            continue
-        if net.prefixlen == 0:
-            r.problem(f"dns.allow_recursion[{i}]", value,
-                      "would make an open resolver that anyone can abuse; list your own networks")
-            continue
-        if not any(net.subnet_of(private) for private in NON_PUBLIC_NETWORKS if private.version == net.version):
-            r.warn(f"dns.allow_recursion[{i}]", value,
-                   "covers public addresses: BIND recurses for anyone in it who reaches a node; list only networks "
-                   "you control")
-        acl.append(str(net))
-    for version in (4, 6):
-        nets = [ipaddress.ip_network(a) for a in acl if ipaddress.ip_network(a).version == version]
-        if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(nets)):
-            r.problem("dns.allow_recursion", acl_raw,
-                      f"together these networks cover every IPv{version} address: an open resolver that anyone can "
-                      "abuse; list only your own networks")
-
+    r = Reader(KEYS, source.parent if base_dir is None else base_dir)
+    v = r.read(data)
+    for rule in RULES:
+        rule(r)
     if r.problems:
-        raise ConfigError(str(source), r.problems)
-    return Cluster(name, base, Network(interface, prefix, gateway, dns), login, secret_path, tuple(nodes),
-                   tuple(vips), pm, Dns(tuple(acl)), source, tuple(r.warnings))
+        raise ConfigError(str(source), r.in_file_order())
 
+    def section(name: str, **values) -> dict:
+        return {k.name: v[k.path] for k in KEYS if k.parent == name} | values
 
-def _mappings(items) -> list[tuple[int, dict]]:
-    return [(i, x) for i, x in enumerate(items or []) if isinstance(x, dict)]
-
-
-def _unique(r: _Reader, section: str, what: str, keyed: list[tuple[str, Any]]) -> None:
-    seen: dict[str, str] = {}
-    for key, value in keyed:
-        if value is None:
-            continue
-        norm = str(value).lower()
-        if norm in seen:
-            r.problem(key, value, f"duplicate {what}: {seen[norm]} has it already; each must be unique")
-        else:
-            seen[norm] = key
-
-
-def _in_subnet(r: _Reader, key: str, value: Any, subnet: ipaddress.IPv4Network) -> None:
-    try:
-        addr = ipaddress.IPv4Address(str(value))
-    except ValueError:
-        return
-    if addr not in subnet:
-        r.problem(key, str(value), f"is outside the nodes' subnet {subnet} (network.prefix); use an address in it")
-    elif addr in (subnet.network_address, subnet.broadcast_address):
-        r.problem(key, str(value), f"is the network or broadcast address of {subnet}; use a host address")
-
-
-def _duration(r: _Reader, sec: dict, key: str, default: str) -> str:
-    raw = value = sec.get(key, default)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = f"{value}s"
-    if not isinstance(value, str) or not DURATION_RE.fullmatch(value):
-        # Name the value as written (0, not the '0s' it was read as).
-        r.problem(f"pacemaker.{key}", raw, "must be a duration such as 10s, 500ms or 2min")
-        return default
-    return value
+    path = v["base.path"] and (r.base_dir / v["base.path"]).expanduser()
+    return Cluster(
+        v["cluster.name"],
+        Base(**section("base", path=path, sha256=v["base.sha256"] and v["base.sha256"].lower())),
+        Network(**section("network")),
+        Login(**section("login")),
+        (r.base_dir / v["secrets.hacluster_password_file"]).expanduser(),
+        tuple(Node(**n) for n in v["nodes"]),
+        tuple(Vip(**vip) for vip in v["vips"]),
+        Pacemaker(**section("pacemaker")),
+        Dns(**section("dns")),
+        source,
+        tuple(r.warnings),
+    )
 
 
 def duration_seconds(value: str) -> float:

@@ -125,5 +125,5 @@ def write_repo(cluster: Cluster, outdir: Path, images: list[Path], *, base_url: 
     tmp.write_text(json.dumps(repository(cluster, entries, icon_url), indent=2) + "\n")
     os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
-    log(f"    {dest}: Raspberry Pi Imager repository of {len(entries)} image(s) (rpi-imager --repo {dest})")
+    log(f"    {dest}: Raspberry Pi Imager repository of {len(entries)} image(s)")
     return dest

@@ -7,13 +7,14 @@ code, the message and the absence of a traceback are what a user would see.
 import copy
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import config, resources
+from builder import config, resources, schema
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -84,10 +85,9 @@ def test_bundled_example_is_the_seeds_cluster(tmp_path):
     pm = cluster.pacemaker
     assert pm.migration_threshold == 1
     # pibuild's defaults, not the seed's (examples/seed.yaml has those).
-    defaults = config.Pacemaker()
-    assert (pm.monitor_interval, pm.query_timeout, pm.token_ms, pm.react_to_named_stop, pm.layout,
-            pm.address_agent) == (defaults.monitor_interval, defaults.query_timeout, defaults.token_ms,
-                                  defaults.react_to_named_stop, defaults.layout, defaults.address_agent)
+    defaults = {k.path: k.default for k in config.KEYS}
+    for key in ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop", "layout", "address_agent"):
+        assert getattr(pm, key) == defaults[f"pacemaker.{key}"], key
     assert pm.named_user == "bind"
     assert pm.monitor_request == "localhost"
     assert pm.stonith_enabled is False
@@ -517,3 +517,46 @@ def test_config_that_is_a_directory(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "cannot read" in proc.stderr
 
+
+
+# --- the schema --------------------------------------------------------------------------------------------------
+
+def test_readme_key_table_is_the_schemas():
+    readme = (REPO / "README.md").read_text()
+    assert schema.TABLE_HEAD in readme
+    assert schema.replace_table(readme, schema.readme_table(config.KEYS)) == readme, (
+        "README.md's key table differs from the schema: run `python -m builder.schema --readme README.md`")
+
+
+def test_schema_printer_rewrites_a_stale_table(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    stale = tmp_path / "README.md"
+    stale.write_text(readme.replace("| `base.updates` |", "| `base.update` |").replace(
+        "| `pacemaker.token_ms` |", "| `pacemaker.token` |"))
+    proc = subprocess.run([sys.executable, "-m", "builder.schema", "--readme", str(stale)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert stale.read_text() == readme
+    printed = subprocess.run([sys.executable, "-m", "builder.schema"], cwd=REPO, capture_output=True, text=True)
+    assert printed.stdout == schema.readme_table(config.KEYS)
+    assert printed.stdout.count("\n") == len(config.KEYS) + 2
+
+
+def test_a_key_is_one_schema_entry(tmp_path):
+    """A new key is read, type-checked, checked, listed among the known keys and documented from its entry alone."""
+    extra = schema.Key("dns.retries", schema.whole(1, 9, "must be between 1 and 9"), 3, "how often to retry",
+                       lambda n: "odd numbers only" if n % 2 == 0 else None)
+    keys = config.KEYS + (extra,)
+    # (written, the problem, the value used: the default where the value cannot be read)
+    for value, problem, used in (("x", "dns.retries: 'x': must be a whole number", 3),
+                                 (12, "dns.retries: 12: must be between 1 and 9", 3),
+                                 (4, "dns.retries: 4: odd numbers only", 4),
+                                 (5, None, 5), (None, None, 3)):
+        r = schema.Reader(keys, tmp_path)
+        values = r.read({**example_data(), "dns": {"retries": value}})
+        assert r.problems == ([problem] if problem else [])
+        assert values["dns.retries"] == used
+    r = schema.Reader(keys, tmp_path)
+    r.read({**example_data(), "dns": {"retry": 5}})
+    assert r.problems == ["dns.retry: 5: unknown key; known keys here: allow_recursion, retries"]
+    assert "| `dns.retries` | `3` | how often to retry |\n" in schema.readme_table(keys)

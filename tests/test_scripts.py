@@ -37,7 +37,8 @@ def scripts_copy():
 def as_nobody(argv, cwd: Path, path: str) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
         pytest.skip("needs root to run a script as another user")
-    return subprocess.run([shutil.which("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv], cwd=cwd,
+    setpriv = [shutil.which("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    return subprocess.run([*setpriv, *argv], cwd=cwd,
                           env={"PATH": path, "XDG_CACHE_HOME": "/var/cache/x", "CI": "true"}, capture_output=True,
                           text=True, timeout=60, check=False)
 
