@@ -168,6 +168,13 @@ def test_cli_all_imager_for_real_on_a_stand_in_cluster_image(node_build):  # noq
         assert entry["image_download_sha256"] == sha256(xz.read_bytes())
         assert os.stat(xz).st_mode & 0o777 == 0o600
     assert "rpi-imager --repo" in result.output
+    # --xz again on an unchanged node: neither the image nor its .img.xz is made again.
+    xz = out / "clst-64-dns-pm01.img.xz"
+    mtime = xz.stat().st_mtime_ns
+    result = CliRunner().invoke(cli, ["-c", str(work / "cluster.yaml"), "node", "dns-pm01", "-o", str(out), "--xz"])
+    assert result.exit_code == 0, result.output
+    assert f"{out / 'clst-64-dns-pm01.img'}: up to date" in result.output and f"{xz}: up to date" in result.output
+    assert xz.stat().st_mtime_ns == mtime
 
 
 def test_cli_refuses_a_bad_imager_url_before_building(tmp_path):
