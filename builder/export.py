@@ -207,6 +207,10 @@ def export_pigen(cluster: Cluster, node: str, dest: Path) -> Path:
     if not PIGEN_USER_RE.match(cluster.login.user):
         raise PibuildError(f"login.user {cluster.login.user!r}: pi-gen's FIRST_USER_NAME must match "
                            f"{PIGEN_USER_RE.pattern} (a lowercase letter first)")
+    if any(c.isspace() for c in str(dest.resolve())):
+        # build.sh runs `for STAGE_DIR in $STAGE_LIST`, unquoted: a path with a space becomes two stages.
+        raise UsageError(f"-o {dest}: pi-gen's build.sh splits STAGE_LIST at white space, so the stage's path "
+                         "must have none: choose a directory whose path has no spaces")
     config = dest / "config"
     if config.exists() and MARKER not in config.read_text(errors="replace"):
         raise UsageError(f"{config} exists and was not written by pibuild (a pi-gen checkout's own config?): "

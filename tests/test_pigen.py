@@ -28,6 +28,7 @@ import yaml
 from conftest import run_pibuild as pibuild
 
 from builder import config, export, image, render, resources, secrets, stages
+from builder.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -219,6 +220,13 @@ def test_stage_stops_a_build_for_the_wrong_arch(exported, tmp_path):
     assert f"build it from pi-gen's {export.pigen_branch(exported.cluster)} branch (this checkout builds {other})" \
         in message
     assert not (tmp_path / "work/stage/rootfs").exists()
+
+
+def test_a_path_with_spaces_is_refused(tmp_path):
+    """build.sh word-splits STAGE_LIST: the export says so instead of writing a stage pi-gen would run as two."""
+    with pytest.raises(UsageError, match="splits STAGE_LIST at white space"):
+        exported_for(example_data(), "dns-pm01", tmp_path / "my exports")
+    assert not (tmp_path / "my exports/pigen").exists()
 
 
 def test_pigen_branch_per_release_and_arch(tmp_path):
