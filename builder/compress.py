@@ -11,9 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from builder import tools
+from builder import progress, tools
 from builder.errors import PibuildError
-from builder.image import file_sha256
 
 CHUNK = 1 << 20  # bytes read at a time; a chunk of zeros becomes a hole
 # xz's default preset: measured on a 1.7 GB node image (README "Compressed images").
@@ -37,7 +36,7 @@ def _identity(image: Path) -> str:
     return f"{st.st_ino} {st.st_size} {st.st_mtime_ns}"
 
 
-def compress(image: Path, log=lambda message: None) -> Path:
+def compress(image: Path, log=progress.say) -> Path:
     """Write image + '.xz' and its '.xz.sha256' (replacing older ones whole); skipped when both are of this image."""
     tools.require("xz")
     dest, sums, stamp = xz_path(image), Path(f"{xz_path(image)}.sha256"), _stamp(image)
@@ -61,7 +60,7 @@ def compress(image: Path, log=lambda message: None) -> Path:
                 raise PibuildError(f"compressing {image} failed: {reason[0]}")
             out.flush()
             os.fsync(out.fileno())
-        tmp_sums.write_text(f"{file_sha256(tmp)}  {dest.name}\n")
+        tmp_sums.write_text(f"{tools.file_sha256(tmp)}  {dest.name}\n")
         os.chmod(tmp_sums, SUM_MODE)
         os.replace(tmp_sums, sums)
         os.replace(tmp, dest)

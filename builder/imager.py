@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from builder import __version__, compress
+from builder import __version__, compress, progress, tools
 from builder.config import Cluster
 from builder.errors import PibuildError, UsageError
-from builder.image import file_sha256, output_name
+from builder.image import output_name
 from builder.releases import MODELS, imager_tag
 
 INIT_FORMAT = "none"
@@ -77,7 +77,7 @@ def node_entry(cluster: Cluster, node_name: str, image: Path, xz: Path, icon_url
         "extract_size": image.stat().st_size,
         "extract_sha256": _extract_sha256(image),
         "image_download_size": xz.stat().st_size,
-        "image_download_sha256": file_sha256(xz),
+        "image_download_sha256": tools.file_sha256(xz),
         "release_date": time.strftime("%Y-%m-%d", time.gmtime(image.stat().st_mtime)),
         "devices": [imager_tag(node.model, b.arch)],
         "init_format": INIT_FORMAT,
@@ -109,7 +109,7 @@ def repository(cluster: Cluster, entries: list[dict], icon_url: str) -> dict:
 
 
 def write_repo(cluster: Cluster, outdir: Path, images: list[Path], *, base_url: str | None = None,
-               log=lambda message: None) -> Path:
+               log=progress.say) -> Path:
     """Compress each node image (when not done yet) and write the repository listing them; returns its path."""
     icon = outdir / f"{cluster.name}.imager-icon.svg"
     shutil.copyfile(ICON, icon)

@@ -12,10 +12,13 @@ from builder.releases import RELEASES
 PCSD_PORT = 2224
 STATE_DIR = "/var/lib/pibuild"
 CONFIG_PATH = "/etc/pibuild/firstboot.json"
+# Written by firstboot once the cluster formed (its unit's ConditionPathExists=!…): the node is done.
+DONE_PATH = f"{STATE_DIR}/firstboot.done"
 PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 # Where `pcs cluster setup --corosync_conf` writes on the initiator; firstboot moves it into place whole.
 STAGED_COROSYNC_CONF = f"{STATE_DIR}/corosync.conf.new"
 COROSYNC_AUTHKEY = "/etc/corosync/authkey"
+COROSYNC_CONF = "/etc/corosync/corosync.conf"
 NAMED2_AGENT = "ocf:pibuild:named2"
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5

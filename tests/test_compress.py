@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_flash import IMAGE_SIZE, loops, make_image, no_confirm, quiet, sha256_file  # noqa: F401 (fixture)
+from test_flash import IMAGE_SIZE, loops, make_image, no_confirm, sha256_file  # noqa: F401 (fixture)
 
 from builder import compress
 from builder.errors import PibuildError
@@ -108,11 +108,11 @@ def test_xz_output_round_trips_through_flash_to_a_loop_device(tmp_path, loops): 
     os.unlink(image)
     os.unlink(f"{image}.sha256")  # only node.img.xz, node.img.xz.sha256 and node.img.bmap remain
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
-    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm)
     assert report.method == "bmap" and report.sha256 == "checked"
     assert report.image_size == IMAGE_SIZE
     assert sha256_file(dev, IMAGE_SIZE) == want
     # The checksum checked is the .img.xz's own: a damaged one is refused before anything is written.
     Path(f"{xz}.sha256").write_text(f"{hashlib.sha256(b'other').hexdigest()}  {xz.name}\n")
     with pytest.raises(PibuildError, match="does not match"):
-        flash(xz, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(xz, dev, yes=True, force=True, confirm=no_confirm)

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import lab, probe, resources
+from builder import config, lab, probe, qemu, resources
 from builder.probe import Sample
 
 # ---- unit: outages from synthetic samples --------------------------------------------------------------------
@@ -27,6 +27,17 @@ from builder.probe import Sample
 def series(vip: str, start: float, oks: str, step: float = 0.1) -> list[Sample]:
     """'1' a good answer, '0' a failed one, every `step` seconds from `start`."""
     return [Sample(round(start + i * step, 3), vip, c == "1") for i, c in enumerate(oks)]
+
+
+def test_compare_seed_takes_the_seeds_settings_from_examples_seed_yaml():
+    """--compare-seed drills with examples/seed.yaml's reaction keys (the seed's: monitor 10s, query 5 s, no
+    reaction, token 3000 ms); the bundled example drills with pibuild's defaults, which differ in each."""
+    seed = lab.seed_settings()
+    pm = yaml.safe_load(resources.seed_config().read_text())["pacemaker"]
+    assert seed == lab.Settings("seed", *(pm[key] for key in lab.REACTION_KEYS))
+    assert seed == lab.Settings("seed", "10s", 5, False, 3000)
+    example = lab.settings_of(config.load(resources.example_config()))
+    assert all(getattr(example, key) != getattr(seed, key) for key in lab.REACTION_KEYS)
 
 
 def test_no_failure_is_no_outage():
@@ -104,6 +115,33 @@ def test_outage_table_side_by_side():
     assert "1.2s" in text and "13.5s" in text
 
 
+def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
+    """The lab asks the VM builder for a detached QEMU (no argv patching): the serial console on a unix socket,
+    logged to the node's serial log, QMP, a pidfile, -daemonize; smoke's VM keeps its console on stdio."""
+    node = lab.lab_for(config.load(resources.example_config(), base_dir=tmp_path)).nodes[0]
+    boot = qemu.Boot("virt", "armhf", "vmlinuz-6.1.0-armmp", "initrd.img-6.1.0-armmp", None, "root=PARTUUID=x-02")
+    detached = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg",
+                       detached=qemu.Detached(serial=node.serial, qmp=node.qmp, pidfile=node.pidfile))
+    foreground = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg")
+    detached.boot = foreground.boot = boot
+    argv, plain = detached.qemu_argv(), foreground.qemu_argv()
+    chardev = argv[argv.index("-chardev") + 1]
+    assert chardev == (f"socket,id=serial0,path={node.serial},server=on,wait=off,logfile={node.log},"
+                       "logappend=on")
+    assert argv[-5:] == ["-qmp", f"unix:{node.qmp},server=on,wait=off", "-pidfile", str(node.pidfile),
+                         "-daemonize"]
+    assert plain[plain.index("-chardev") + 1] == "stdio,id=serial0,signal=off"
+    assert "-daemonize" not in plain and "-qmp" not in plain
+    assert [a for a in argv if a != chardev][:-5] == [a for a in plain if not a.startswith("stdio,")]
+
+
+def test_every_scenario_is_offered_and_knows_both_halves():
+    assert list(lab.SCENARIOS) == ["named-stop", "named-freeze", "node-poweroff", "link-down"]
+    for name, scenario in lab.SCENARIOS.items():
+        assert scenario.name == name
+        assert type(scenario).event is not lab.Scenario.event and type(scenario).recover is not lab.Scenario.recover
+
+
 # ---- lab tier: the whole cluster in QEMU ---------------------------------------------------------------------
 
 EXAMPLE_IMAGES = ("clst-01-dns-pm01.img", "clst-01-dns-pm02.img")
@@ -137,7 +175,7 @@ def lab_config(cwd: Path, arch: str) -> str:
     """Write the lab's cluster.yaml into cwd; returns the cluster's name."""
     source = resources.example_config() if arch == "armhf" else ARM64_CONFIG
     data = yaml.safe_load(source.read_text())
-    for key in lab.REACTION_KEYS:  # the example's seed values dropped: the lab drills with pibuild's defaults
+    for key in lab.REACTION_KEYS:  # none in either config: the lab drills with pibuild's defaults
         data.get("pacemaker", {}).pop(key, None)
     (cwd / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data["cluster"]["name"]

@@ -5,6 +5,7 @@ checkout. These tests install from the checkout this file is in; pip fetches hat
 PyPI (about 30-60 s).
 """
 
+import ast
 import os
 import stat
 import subprocess
@@ -88,6 +89,20 @@ def test_every_verb_module_imports_and_help_lists_it(tmp_path):
     commands = proc.stdout.split("Commands:", 1)[1]
     assert {line.split()[0] for line in commands.splitlines() if line.strip()} == set(VERBS), proc.stdout
     assert "not available" not in proc.stdout
+
+
+def test_only_the_command_line_imports_click():
+    """The core reports through builder.progress; click belongs to builder/cli/ alone."""
+    importers = []
+    for path in sorted((REPO / "builder").rglob("*.py")):
+        if (REPO / "builder" / "cli") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "click" or n.startswith("click.") for n in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert importers == []
 
 
 def test_version_is_the_distributions(venv, tmp_path):

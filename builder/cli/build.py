@@ -29,16 +29,13 @@ def outputs(f):
 
 def _write_outputs(cluster: Cluster, built: list[Path], outdir: Path, xz: bool, with_imager: bool,
                    imager_url: str | None) -> None:
-    def say(message: str) -> None:
-        click.echo(message, err=True)
-
     if with_imager or imager_url:
-        repo = imager.write_repo(cluster, outdir, built, base_url=imager_url, log=say)
+        repo = imager.write_repo(cluster, outdir, built, base_url=imager_url)
         click.echo(f"Raspberry Pi Imager: rpi-imager --repo {repo.resolve()}, choose the node, write (README)",
                    err=True)
     elif xz:
         for path in built:
-            compress.compress(path, log=say)
+            compress.compress(path)
 
 
 @click.command()

@@ -21,7 +21,7 @@ from builder.errors import PibuildError
 def smoke(image: Path, timeout: float | None, keep_log: bool, log_dir: Path | None) -> None:
     """Boot IMAGE (.img or .img.xz) in QEMU (never changing it), log in on its serial console, check; exit 0 or 1."""
     report = smoke_mod.smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log,
-                             emit=lambda check: click.echo(check.line()), progress=lambda m: click.echo(m, err=True))
+                             emit=lambda check: click.echo(check.line()))
     timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
     timing += (f"checks done {report.checks_seconds:.1f} s after QEMU started, "
                f"verdict after {report.total_seconds:.1f} s ({report.accel.upper()})")
