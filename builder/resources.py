@@ -35,3 +35,8 @@ def clients_dir() -> Path:
 
 def example_config() -> Path:
     return data_dir("examples") / "cluster.yaml"
+
+
+def seed_config() -> Path:
+    """The bundled example with the seed's exact settings (what `lab drill --compare-seed` compares against)."""
+    return data_dir("examples") / "seed.yaml"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import plan, progress, qemu
+from builder import compress, plan, progress, qemu
 from builder.errors import NeedsRoot, PibuildError
 
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
@@ -290,9 +290,17 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
     serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report = SmokeReport(image=image, serial_log=serial_log)
     workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
-    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus, tcg_tuning=tcg_tuning)
+    vm = None
     finished = False
     try:
+        booted = image
+        if image.name.endswith(".xz"):
+            # Decompressed into the throw-away directory (holes for the zeros); the .img.xz itself is only read.
+            progress.say(f"==> {image.name}: decompressing into {workdir}")
+            booted = workdir / image.name.removesuffix(".xz")
+            compress.decompress_sparse(image, booted)
+        vm = qemu.Vm(booted, workdir, serial_log, name=f"smoke-{booted.stem}"[:60], cpus=cpus,
+                     tcg_tuning=tcg_tuning)
         vm.prepare()
         report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
         budget = timeout or DEFAULT_TIMEOUT[report.accel]
@@ -313,7 +321,8 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
                 run.add(name, False, "not run (an earlier check failed or the time ran out)")
         finished = True
     finally:
-        vm.stop()
+        if vm is not None:
+            vm.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         report.total_seconds = time.monotonic() - started
         if not keep_log and (report.ok or not finished):

@@ -29,6 +29,17 @@ def series(vip: str, start: float, oks: str, step: float = 0.1) -> list[Sample]:
     return [Sample(round(start + i * step, 3), vip, c == "1") for i, c in enumerate(oks)]
 
 
+def test_compare_seed_takes_the_seeds_settings_from_examples_seed_yaml():
+    """--compare-seed drills with examples/seed.yaml's reaction keys (the seed's: monitor 10s, query 5 s, no
+    reaction, token 3000 ms); the bundled example drills with pibuild's defaults, which differ in each."""
+    seed = lab.seed_settings()
+    pm = yaml.safe_load(resources.seed_config().read_text())["pacemaker"]
+    assert seed == lab.Settings("seed", *(pm[key] for key in lab.REACTION_KEYS))
+    assert seed == lab.Settings("seed", "10s", 5, False, 3000)
+    example = lab.settings_of(config.load(resources.example_config()))
+    assert all(getattr(example, key) != getattr(seed, key) for key in lab.REACTION_KEYS)
+
+
 def test_no_failure_is_no_outage():
     s = series("a", 100.0, "1" * 30)
     o = probe.outage(s, "a", event=100.5)
@@ -164,7 +175,7 @@ def lab_config(cwd: Path, arch: str) -> str:
     """Write the lab's cluster.yaml into cwd; returns the cluster's name."""
     source = resources.example_config() if arch == "armhf" else ARM64_CONFIG
     data = yaml.safe_load(source.read_text())
-    for key in lab.REACTION_KEYS:  # the example's seed values dropped: the lab drills with pibuild's defaults
+    for key in lab.REACTION_KEYS:  # none in either config: the lab drills with pibuild's defaults
         data.get("pacemaker", {}).pop(key, None)
     (cwd / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data["cluster"]["name"]

@@ -68,14 +68,15 @@ def status(ctx: click.Context) -> None:
               help="Run only these (repeatable); default: all.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list of {scenario, vip, outage_s, recovered, glibc_*} (glibc: the clients').")
-@click.option("--compare-seed", is_flag=True, help="Also run every drill with the seed's settings, side by side.")
+@click.option("--compare-seed", is_flag=True,
+              help="Also run every drill with the seed's settings (examples/seed.yaml), side by side.")
 @click.pass_context
 def drill(ctx: click.Context, scenarios: tuple[str, ...], as_json: bool, compare_seed: bool) -> None:
     """Failover drills from a healthy cluster: the outage every VIP saw (raw queries every 100 ms), and the worst,
     slow (over 1 s) and failed lookups of two glibc clients (glibc's defaults; `pibuild clients`'s options)."""
     the_lab = _lab(ctx)
     lab_mod.require_up(the_lab)
-    settings = [lab_mod.settings_of(the_lab.cluster)] + ([lab_mod.SEED] if compare_seed else [])
+    settings = [lab_mod.settings_of(the_lab.cluster)] + ([lab_mod.seed_settings()] if compare_seed else [])
     rows = lab_mod.drill(the_lab, list(scenarios or lab_mod.SCENARIOS), settings)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -39,5 +39,5 @@ def pigen(ctx: click.Context, node: str, output: Path) -> None:
     if node == cluster.initiator.name:
         click.echo(f"note: {stage.name}/ holds the hacluster password ({node} forms the cluster): keep it private",
                    err=True)
-    click.echo(f"pi-gen build of {node} written under {output}: in a pi-gen checkout (branch for "
-               f"{cluster.base.release} {cluster.base.arch}), run `sudo ./build.sh -c {output.resolve() / 'config'}`")
+    click.echo(f"pi-gen build of {node} written under {output}: in a pi-gen checkout of branch "
+               f"{export.pigen_branch(cluster)}, run `sudo ./build.sh -c {output.resolve() / 'config'}`")

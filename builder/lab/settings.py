@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 
-from builder import plan, progress
+from builder import config, plan, progress, resources
 from builder.config import Cluster
 from builder.lab.nodes import NodeConsole
 from builder.lab.state import Lab
@@ -27,16 +27,20 @@ class Settings:
                 f"named-stop reaction {react}, token {self.token_ms} ms")
 
 
-# The seed's: `op monitor interval=10s`, named's 5 s query, no reaction, corosync's default token.
-SEED = Settings("seed", "10s", 5, False, 3000)
-# The pacemaker.* keys of cluster.yaml that a drill sets on the running cluster (the bundled example pins them to
-# the seed's values; without them a config drills with pibuild's defaults).
+# The pacemaker.* keys of cluster.yaml that a drill sets on the running cluster (a config without them drills with
+# pibuild's defaults).
 REACTION_KEYS = tuple(f.name for f in fields(Settings) if f.name != "name")
 
 
 def settings_of(cluster: Cluster, name: str = "config") -> Settings:
     pm = cluster.pacemaker
     return Settings(name, pm.monitor_interval, pm.query_timeout, pm.react_to_named_stop, pm.token_ms)
+
+
+def seed_settings() -> Settings:
+    """The seed's reaction settings (`--compare-seed`): those of examples/seed.yaml, the bundled example with the
+    seed's exact settings."""
+    return settings_of(config.load(resources.seed_config()), "seed")
 
 
 def apply_settings(lab: Lab, cons: dict[str, NodeConsole], s: Settings) -> None:
