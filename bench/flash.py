@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from builder import progress  # noqa: E402
 from builder.flash import flash, human, parse_bmap  # noqa: E402
 
 MiB = 1 << 20
@@ -82,7 +83,8 @@ def main() -> int:
                 before = sectors_written(dev)
                 started = time.monotonic()
                 if method.startswith("pibuild"):
-                    report = flash(image, dev, yes=True, force=True, say=lambda _m: None)
+                    with progress.using(progress.Reporter()):  # silent: the table is the output
+                        report = flash(image, dev, yes=True, force=True)
                     seconds = f"{report.write_seconds:.2f} s + verify {report.verify_seconds:.2f} s"
                 else:
                     sh("bmaptool", "--quiet", "copy", "--nobmap", str(image), dev)

@@ -5,10 +5,9 @@
 DIR holds the images of the config's nodes (`pibuild -c CONFIG all -o DIR`); the config defaults to the bundled
 example (armhf); tests/configs/arm64.yaml is the image tier's 64-bit cluster. The lab boots them (`pibuild lab
 up`, timed), then `pibuild lab drill --compare-seed` runs every drill twice on the running cluster: with
-pibuild's own defaults (the config without its seed reaction keys: monitor 2s, query_timeout 3, token 1000 ms,
-named-stop reaction on) and with the seed's (monitor 10s, query_timeout 5, token 3000 ms, no reaction; --no-seed skips
-them). Prints the machine, the lab-up time and the outage per scenario and VIP; the JSON goes to
-bench/lab-results-ARCH.json. `lab down` at the end unless --keep.
+pibuild's own defaults (the config without its reaction keys) and with the seed's, which `lab drill` takes from
+examples/seed.yaml (--no-seed skips them). Prints the machine, both settings, the lab-up time and the outage per
+scenario and VIP; the JSON goes to bench/lab-results-ARCH.json. `lab down` at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -28,7 +27,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from builder.lab import REACTION_KEYS  # noqa: E402
+from builder import config as config_mod  # noqa: E402
+from builder.lab import REACTION_KEYS, rejoin_table, seed_settings, settings_of  # noqa: E402
+from builder.lookups import client_table  # noqa: E402
 
 
 def machine(arch: str) -> str:
@@ -39,7 +40,7 @@ def machine(arch: str) -> str:
 
 
 def defaults_config(source: Path, workdir: Path) -> tuple[Path, str]:
-    """The config without the keys that pin the seed's reaction times: pibuild's defaults. Returns it and its arch."""
+    """The config without its reaction keys: pibuild's defaults. Returns it and its arch."""
     data = yaml.safe_load(source.read_text())
     for key in REACTION_KEYS:
         data.get("pacemaker", {}).pop(key, None)
@@ -68,6 +69,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         config, arch = defaults_config(args.config.resolve(), work)
+        described = [f"pibuild defaults: {settings_of(config_mod.load(config)).describe()}"]
+        if not args.no_seed:
+            described.append(f"seed settings: {seed_settings().describe()} (examples/seed.yaml)")
         up_s = None
         try:
             if not args.no_up:
@@ -87,6 +91,8 @@ def main() -> int:
     print(f"machine: {machine(arch)}")
     if up_s is not None:
         print(f"lab up (boot, firstboot forms the cluster, every VIP answers): {up_s:.0f} s")
+    for line in described:
+        print(line)
     print(f"{'scenario':<15}{'vip':<17}{'pibuild defaults':>18}{'seed settings':>15}")
     for scenario, vip in dict.fromkeys((r["scenario"], r["vip"]) for r in rows):
         cells = []
@@ -95,6 +101,9 @@ def main() -> int:
             cell = "-" if r is None else f"{r['outage_s']:.1f} s"
             cells.append(cell if r is None or r["recovered"] else cell + " (NOT recovered)")
         print(f"{scenario:<15}{vip:<17}{cells[0]:>18}{cells[1]:>15}")
+    print(client_table(rows))
+    if rejoins := rejoin_table(rows):
+        print(rejoins)  # node-replace: a new card's boot and rejoin, seconds from power-on
     result = {"machine": machine(arch), "config": str(args.config), "lab_up_s": up_s, "rows": rows,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (REPO / "bench" / f"lab-results-{arch}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from builder import chroot, resources, stages, tools
+from builder import chroot, progress, resources, stages, tools
 from builder.config import DEFAULT_MIRROR, Cluster
 from builder.errors import PibuildError
 from builder.releases import ARCHES, RELEASES
@@ -53,7 +53,7 @@ def mirror_lines(cluster: Cluster) -> list[str]:
     return lines
 
 
-def mmdebstrap(cluster: Cluster, dest: Path, log=print) -> None:
+def mmdebstrap(cluster: Cluster, dest: Path) -> None:
     """Debian root file system with every package installed, the initramfs not yet generated."""
     tools.require("mmdebstrap")
     chroot.ensure_binfmt(cluster.base.arch)
@@ -67,7 +67,7 @@ def mmdebstrap(cluster: Cluster, dest: Path, log=print) -> None:
             cluster.base.release, str(dest), *mirror_lines(cluster)]
     started = time.monotonic()
     tools.run_interruptible(argv, what="mmdebstrap")
-    log(f"  mmdebstrap: {len(debian_packages(cluster))} packages in {time.monotonic() - started:.0f}s")
+    progress.say(f"  mmdebstrap: {len(debian_packages(cluster))} packages in {time.monotonic() - started:.0f}s")
 
 
 def lay_debian_files(root: Path, disk_id: str) -> None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from builder import mounts
+from builder import mounts, tools
 
 COMPLETE = "complete.json"
 
@@ -75,16 +75,6 @@ def locked(kind: str, key: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale(kind: str) -> None:
     """Temporary entries whose builder process is gone."""
     root = cache_root() / kind
@@ -95,7 +85,7 @@ def remove_stale(kind: str) -> None:
             pid = int(tmp.name.rsplit("-", 1)[1])
         except (IndexError, ValueError):
             continue
-        if not _pid_alive(pid):
+        if not tools.pid_alive(pid):
             mounts.remove_tree(tmp)
 
 

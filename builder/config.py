@@ -228,7 +228,7 @@ KEYS = (
         whole(1, None, "must be 1 or more (the seed uses 1: fail over at the first failure)"), 1,
         "fail over at the first failure (the seed: \"without it the resource never fails over\")"),
     # pibuild's default; the seed (and the bundled example) monitor every 10s.
-    Key("pacemaker.monitor_interval", DURATION, "2s", "how often named2 checks BIND (the seed and the example: `10s`)"),
+    Key("pacemaker.monitor_interval", DURATION, "2s", "how often named2 checks BIND (the seed: `10s`)"),
     Key("pacemaker.monitor_timeout", DURATION, "20s", "named2's monitor operation timeout"),
     Key("pacemaker.failback", choice(FAILBACK), "manual",
         "`manual`: a VIP stays on the survivor until `pcs resource cleanup` (the seed); `auto`: it returns once BIND "
@@ -241,11 +241,11 @@ KEYS = (
     # pibuild's default fits a LAN; the seed ran corosync's 3000.
     Key("pacemaker.token_ms", whole(500, 60000, "must be between 500 and 60000 milliseconds"), 1000,
         "corosync's totem token: how long a silent node takes to be declared lost (plus consensus, 1.2 × token); the "
-        "seed and the example: corosync's `3000`"),
+        "seed: corosync's `3000`"),
     # Not 2: in the lab a busy survivor's BIND (taking over both addresses while the other node rejoined) missed two
     # 2 s queries in a row, and its own monitor failing would have left no node for the addresses.
     Key("pacemaker.query_timeout", WHOLE, 3,
-        "seconds named2 waits for each answer of BIND (the agent's own default and the example: `5`); the monitor "
+        "seconds named2 waits for each answer of BIND (the agent's own default and the seed: `5`); the monitor "
         "fails after two unanswered queries in a row (named pauses while it rescans interfaces as a VIP comes or "
         "goes), so a frozen BIND is found within `monitor_interval` + 2 × `query_timeout`; at most a third of "
         "`monitor_timeout`"),
@@ -257,7 +257,7 @@ KEYS = (
         "restart named`, a bind9 upgrade) hands over too; with `failback: manual` the addresses then stay on the "
         "other node until `pcs resource cleanup`, as after any failure. A BIND that dies by itself is reported the "
         "moment it is gone (`ExecStopPost`: `/usr/lib/pibuild/named-stopped`). Nothing happens before the cluster "
-        "formed or during a shutdown. The seed and the example: `false`"),
+        "formed or during a shutdown. The seed: `false`"),
     # builder/plan.py ties BIND's health and the floating addresses by this.
     Key("pacemaker.layout", choice(LAYOUTS), "clone",
         "`clone`: one named2 monitor runs on every node (a Pacemaker clone) and each VIP is colocated with it "
@@ -268,7 +268,9 @@ KEYS = (
         "what holds a floating address: `vip` is pibuild's `ocf:pibuild:vip` (adds the address, announces it with "
         "gratuitous ARP through resource-agents' `send_arp`, removes it; a few processes; its stop ends only the "
         "`send_arp` it started, checked by its command line, because a pidfile can outlive its process and "
-        "`send_arp` itself kills whatever pid an existing pidfile names), `IPaddr2` is resource-agents' (the seed's), "
+        "`send_arp` itself kills whatever pid an existing pidfile names; `allow-migrate=true`: a planned move adds "
+        "and announces the address on the new node before the old one removes it, see [the client's figures]"
+        "(#what-a-client-feels-of-a-failover)), `IPaddr2` is resource-agents' (the seed's), "
         "which starts about thirty processes before it adds the address: 1–3 s of every failover on an emulated lab "
         "node, a fraction of that on a Pi"),
     Key("dns.allow_recursion", LIST,

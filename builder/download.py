@@ -24,13 +24,13 @@ import lzma
 import os
 import re
 import shutil
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
+from builder import progress
 from builder.config import Base
 from builder.errors import PibuildError
 from builder.releases import RELEASES
@@ -46,14 +46,11 @@ HREF_RE = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re.I
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 DATE_RE = r"(\d{4}-\d{2}-\d{2})"
 
-ProgressHook = Callable[[int, "int | None"], None]
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # the entry point
 
 
-def fetch_raspios(base: Base, cache_root: Path, *, index_url: str | None = None, log=print,
+def fetch_raspios(base: Base, cache_root: Path, *, index_url: str | None = None,
                   session: requests.Session | None = None) -> Path:
     """The cached, decompressed Raspberry Pi OS Lite image for base (download, verify, decompress on a miss).
 
@@ -67,7 +64,7 @@ def fetch_raspios(base: Base, cache_root: Path, *, index_url: str | None = None,
             url = base.url
         else:
             url = resolve_latest(base, index_url or os.environ.get(INDEX_ENV) or DEFAULT_INDEX, session=session)
-            log(f"raspios: newest {base.release} {base.arch} image is {url}")
+            progress.say(f"raspios: newest {base.release} {base.arch} image is {url}")
         name = image_name(url)
         if base.sha256:
             if not SHA256_RE.fullmatch(base.sha256):
@@ -79,22 +76,22 @@ def fetch_raspios(base: Base, cache_root: Path, *, index_url: str | None = None,
         entry = cache_root / "raspios" / sha256
         hit = _cached_image(entry, name)
         if hit:
-            log(f"raspios: cached {hit}")
+            progress.say(f"raspios: cached {hit}")
             return hit
 
         # keyed by the partial download's name: two runs must never write the same partial file
-        with _locked(cache_root / "locks" / f"raspios-{name}.lock", log):
+        with _locked(cache_root / "locks" / f"raspios-{name}.lock"):
             hit = _cached_image(entry, name)  # another pibuild may have finished it while we waited
             if hit:
-                log(f"raspios: cached {hit}")
+                progress.say(f"raspios: cached {hit}")
                 return hit
             compressed = entry / f"{name}{_suffix(url)}"
             if not compressed.is_file():
                 download(url, compressed, sha256, partial=cache_root / "downloads" / f"{name}.partial",
-                         log=log, session=session)
+                         session=session)
             image = entry / f"{name}.img"
             if compressed != image:
-                log(f"raspios: decompressing {compressed.name}")
+                progress.say(f"raspios: decompressing {compressed.name}")
                 decompress_xz(compressed, image)
             return image
     finally:
@@ -237,8 +234,8 @@ def _get(url: str, session: requests.Session) -> requests.Response:
     return r
 
 
-def download(url: str, dest: Path, expected_sha256: str | None, *, partial: Path | None = None, log=print,
-             session: requests.Session | None = None, progress: ProgressHook | None = None) -> str:
+def download(url: str, dest: Path, expected_sha256: str | None, *, partial: Path | None = None,
+             session: requests.Session | None = None) -> str:
     """Download url to dest, resuming `partial` (default dest + '.partial') with an HTTP Range request.
 
     The file is hashed as it arrives. With expected_sha256 a mismatch deletes the partial file and raises
@@ -265,22 +262,22 @@ def download(url: str, dest: Path, expected_sha256: str | None, *, partial: Path
         size = _content_range_total(r.headers.get("Content-Range", ""))
         r.close()
         if size is not None and size != offset:
-            log(f"raspios: the partial download is {offset} bytes, the file {size}: starting again")
+            progress.say(f"raspios: the partial download is {offset} bytes, the file {size}: starting again")
             offset, h = 0, hashlib.sha256()
             r = _open(url, session, 0)
     elif r.status_code == 206 and offset:
         start = _content_range_start(r.headers.get("Content-Range", ""))
         if start != offset:
-            log(f"raspios: {url} answered the range request from byte {start}, not {offset}: starting again")
+            progress.say(f"raspios: {url} answered the range request from byte {start}, not {offset}: starting again")
             r.close()
             offset, h = 0, hashlib.sha256()
             r = _open(url, session, 0)
     elif r.status_code == 200 and offset:
-        log(f"raspios: {urlsplit(url).hostname} does not resume downloads: starting again")
+        progress.say(f"raspios: {urlsplit(url).hostname} does not resume downloads: starting again")
         offset, h = 0, hashlib.sha256()
 
     if r.status_code == 416 and offset:
-        log(f"raspios: {partial.name} is already complete")
+        progress.say(f"raspios: {partial.name} is already complete")
     else:
         if r.status_code not in (200, 206):
             r.close()
@@ -288,12 +285,12 @@ def download(url: str, dest: Path, expected_sha256: str | None, *, partial: Path
         length = r.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
         if offset:
-            log(f"raspios: resuming {url} at {_mib(offset)} of {_mib(total) if total else '?'}")
+            progress.say(f"raspios: resuming {url} at {_mib(offset)} of {_mib(total) if total else '?'}")
         else:
-            log(f"raspios: downloading {url}" + (f" ({_mib(total)})" if total else ""))
+            progress.say(f"raspios: downloading {url}" + (f" ({_mib(total)})" if total else ""))
         done = offset
         try:
-            with open(partial, "r+b" if offset else "wb") as f, _progress_bar(partial.name, total, offset) as bar:
+            with open(partial, "r+b" if offset else "wb") as f, progress.transfer(partial.name, total, offset) as bar:
                 f.seek(offset)
                 f.truncate()
                 for chunk in r.iter_content(CHUNK):
@@ -301,8 +298,6 @@ def download(url: str, dest: Path, expected_sha256: str | None, *, partial: Path
                     h.update(chunk)
                     done += len(chunk)
                     bar(done, total)
-                    if progress:
-                        progress(done, total)
                 f.flush()
                 os.fsync(f.fileno())
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
@@ -353,31 +348,6 @@ def _mib(n: int | None) -> str:
     return f"{(n or 0) / (1 << 20):.1f} MiB"
 
 
-@contextlib.contextmanager
-def _progress_bar(name: str, total: int | None, completed: int) -> Iterator[Callable[[int, int | None], None]]:
-    """A rich progress bar on a terminal's stderr; nothing otherwise (logs, CI)."""
-    if not sys.stderr.isatty():
-        yield lambda done, total: None
-        return
-    try:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-    except ImportError:
-        yield lambda done, total: None
-        return
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(name, total=total, completed=completed)
-        yield lambda done, total: bar.update(task, completed=done)
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # decompression and locking
 
@@ -409,14 +379,14 @@ def _disk_error(e: OSError, path: Path) -> PibuildError:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, log) -> Iterator[None]:
+def _locked(path: Path) -> Iterator[None]:
     """One download of an image at a time: a second pibuild waits, then finds it cached."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log("raspios: another pibuild is downloading this image; waiting for it")
+            progress.say("raspios: another pibuild is downloading this image; waiting for it")
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import tools
+from builder import progress, tools
 from builder.errors import NeedsRoot, PibuildError, UsageError
 
 SYSFS = Path("/sys")
@@ -47,10 +47,6 @@ WHOLE_DISK_TYPES = ("disk", "loop")
 LSBLK_COLUMNS = "NAME,PATH,TYPE,SIZE,RO,RM,MODEL,TRAN,MOUNTPOINTS,FSTYPE,PKNAME,MAJ:MIN"
 BLKFLSBUF = 0x1261  # ioctl: write back and drop a block device's buffer cache
 CHUNK = 4 << 20
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _refuse(device: str, reason: str) -> PibuildError:
@@ -144,14 +140,7 @@ def _expected_sha256(sumfile: Path, name: str) -> str:
     raise PibuildError(f"{sumfile}: no checksum line for {name}")
 
 
-def _sha256_of(stream) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_sha256(image: Image, say: Callable[[str], None]) -> str:
+def check_sha256(image: Image) -> str:
     """Check the image against the .sha256 beside it: 'checked', or 'missing' (said); a mismatch raises."""
     candidates = [(Path(f"{image.path}.sha256"), False)]
     if image.compressed:  # foo.img.sha256 beside foo.img.xz: the checksum of the decompressed image
@@ -162,17 +151,17 @@ def check_sha256(image: Image, say: Callable[[str], None]) -> str:
         name = image.plain_name.name if decompressed else image.path.name
         expected = _expected_sha256(sumfile, name)
         if decompressed:
-            say(f"checking {image.path.name} against {sumfile.name} (decompressing)")
+            progress.say(f"checking {image.path.name} against {sumfile.name} (decompressing)")
             with image.open() as stream:
-                actual = _sha256_of(stream)
+                actual = tools.sha256_of(stream, CHUNK)
         else:
             with open(image.path, "rb") as stream:
-                actual = _sha256_of(stream)
+                actual = tools.sha256_of(stream, CHUNK)
         if actual != expected:
             raise PibuildError(f"{image.path}: sha256 {actual} does not match {sumfile} ({expected}): "
                                "the image is damaged or not the one listed; download or build it again")
         return "checked"
-    say(f"note: no {candidates[0][0].name} beside the image: its checksum is not checked")
+    progress.say(f"note: no {candidates[0][0].name} beside the image: its checksum is not checked")
     return "missing"
 
 
@@ -428,10 +417,10 @@ def sectors_written(devno: str) -> int | None:
         return None
 
 
-def _unmount(target: Target, say: Callable[[str], None]) -> list[str]:
+def _unmount(target: Target) -> list[str]:
     done = []
     for source, mountpoint in target.automounts:
-        say(f"unmounting {source} from {mountpoint}")
+        progress.say(f"unmounting {source} from {mountpoint}")
         proc = tools.run(["umount", mountpoint], capture=True, check=False)
         if proc.returncode != 0:
             err = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
@@ -543,7 +532,7 @@ def _no_confirm(prompt: str) -> bool:
 
 
 def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
-          confirm: Callable[[str], bool] = _no_confirm, say: Callable[[str], None] = _say,
+          confirm: Callable[[str], bool] = _no_confirm,
           after_write: Callable[[str], None] | None = None) -> FlashReport:
     """Write IMAGE to DEVICE and verify it. Every refusal happens before the device is opened for writing.
 
@@ -555,17 +544,17 @@ def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
     target = identify_target(device, img.size, force=force, image_path=image)
     if not target.is_file and not os.access(target.path, os.R_OK | os.W_OK):
         raise NeedsRoot(f"writing {target.given}")
-    sha = check_sha256(img, say)
+    sha = check_sha256(img)
 
     with tempfile.TemporaryDirectory(prefix="pibuild-flash-") as tmp:
         bmap_path, method = find_bmap(img), "bmap"
         if bmap_path is None and img.compressed:
             method = "full copy"
-            say(f"note: no block map beside {img.path.name}: writing every byte of the image (slower); "
+            progress.say(f"note: no block map beside {img.path.name}: writing every byte of the image (slower); "
                 f"`bmaptool create` on the uncompressed image makes {img.plain_name.name}.bmap")
         elif bmap_path is None:
             method = "bmap (created)"
-            say(f"note: no block map beside {img.path.name}: creating one (reads the whole image once)")
+            progress.say(f"note: no block map beside {img.path.name}: creating one (reads the whole image once)")
             bmap_path = Path(tmp) / f"{img.path.name}.bmap"
             tools.run(["bmaptool", "--quiet", "create", "-o", str(bmap_path), str(img.path)], capture=True)
         bmap = parse_bmap(bmap_path) if bmap_path is not None else None
@@ -574,12 +563,12 @@ def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
                                f"{img.size} bytes: recreate the bmap with `bmaptool create`")
         mapped = bmap.mapped_bytes if bmap else img.size
 
-        say(f"image:  {img.path} ({human(img.size)}, {human(mapped)} to write, {method})")
-        say(f"target: {target.describe()}")
+        progress.say(f"image:  {img.path} ({human(img.size)}, {human(mapped)} to write, {method})")
+        progress.say(f"target: {target.describe()}")
         if not yes and not confirm(f"Erase {target.given} and write {img.path.name} to it?"):
             raise PibuildError(f"not confirmed: nothing written to {target.given}")
 
-        unmounted = _unmount(target, say)
+        unmounted = _unmount(target)
         _claim(target)
         before = sectors_written(target.devno) if not target.is_file else None
         started = time.monotonic()
@@ -591,7 +580,7 @@ def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
 
         if after_write is not None:
             after_write(target.path)
-        say(f"verifying {human(mapped)} read back from {target.given}")
+        progress.say(f"verifying {human(mapped)} read back from {target.given}")
         started = time.monotonic()
         verified = verify(img, bmap, target)
         verify_seconds = time.monotonic() - started

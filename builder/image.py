@@ -10,23 +10,32 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
-from builder import __version__, base, cache, chroot, cib, mounts, plan, render, resources, secrets, stages, tools
+from builder import (
+    __version__,
+    base,
+    cache,
+    chroot,
+    cib,
+    mounts,
+    plan,
+    progress,
+    render,
+    resources,
+    secrets,
+    stages,
+    tools,
+)
 from builder.config import Cluster
 from builder.errors import NeedsRoot, PibuildError
+from builder.layout import SECTOR, read_layout
 from builder.releases import RELEASES
 
-SECTOR = 512
 MIB = 1 << 20
 BOOT_START = 4 * MIB
 BOOT_SIZE = 512 * MIB
@@ -40,40 +49,18 @@ CLUSTER_IMAGE_FORMAT = 1
 HOST_TOOLS = ("mmdebstrap", "sfdisk", "mkfs.vfat", "mcopy", "mke2fs", "e2fsck", "resize2fs", "losetup", "bmaptool")
 
 
-@dataclass(frozen=True)
-class Layout:
-    disk_id: str
-    boot_offset: int
-    boot_size: int
-    root_offset: int
-    root_size: int
-
-
-def read_layout(image: Path) -> Layout:
-    """The partition table of an image, as sfdisk reads it."""
-    table = json.loads(tools.run(["sfdisk", "--json", str(image)], capture=True).stdout)["partitiontable"]
-    parts = table.get("partitions", [])
-    if table.get("label") != "dos" or len(parts) < 2:
-        raise PibuildError(f"{image}: not a Raspberry Pi OS style image (an MBR with a boot and a root partition)")
-    sector = table.get("sectorsize", SECTOR)
-    return Layout(table["id"].removeprefix("0x").lower(), parts[0]["start"] * sector, parts[0]["size"] * sector,
-                  parts[1]["start"] * sector, parts[1]["size"] * sector)
-
-
 # Tests set this to a phase name to make that phase fail at its end, proving that a failure anywhere cleans up.
 INJECT_FAILURE_ENV = "PIBUILD_TEST_FAIL_IN_PHASE"
 
 
 @contextlib.contextmanager
-def phase(what: str) -> Iterator[None]:
-    """Announce a phase and its duration."""
-    click.echo(f"==> {what}", err=True)
-    started = time.monotonic()
-    yield
-    inject = os.environ.get(INJECT_FAILURE_ENV)
-    if inject and inject in what:
-        raise PibuildError(f"{what}: failure injected by {INJECT_FAILURE_ENV} (a test)")
-    click.echo(f"    {what}: done in {time.monotonic() - started:.1f}s", err=True)
+def phase(what: str) -> Iterator[progress.Phase]:
+    """A progress phase of the build, which a test can make fail at its end (INJECT_FAILURE_ENV)."""
+    with progress.phase(what) as ph:
+        yield ph
+        inject = os.environ.get(INJECT_FAILURE_ENV)
+        if inject and inject in what:
+            raise PibuildError(f"{what}: failure injected by {INJECT_FAILURE_ENV} (a test)")
 
 
 def check_host() -> None:
@@ -109,7 +96,7 @@ def cluster_image(cluster: Cluster) -> Path:
     key = cluster_key(cluster)
     entry = cache.lookup("cluster", key)
     if entry is not None:
-        click.echo(f"==> cluster image: cached ({key[:12]})", err=True)
+        progress.say(f"==> cluster image: cached ({key[:12]})")
         return entry
     check_host()
     with cache.locked("cluster", key):
@@ -129,11 +116,11 @@ def cluster_image(cluster: Cluster) -> Path:
 def _build_debian(cluster: Cluster, tmp: Path, disk_id: str) -> None:
     rootfs = tmp / "rootfs"
     with phase(f"debian base: mmdebstrap {cluster.base.release} {cluster.base.arch} (the long part)"):
-        base.mmdebstrap(cluster, rootfs, log=lambda s: click.echo(s, err=True))
+        base.mmdebstrap(cluster, rootfs)
     with phase("stages"):
         base.lay_debian_files(rootfs, disk_id)
         with chroot.chroot(rootfs, cluster.base.arch) as ch:
-            stages.run_stages(ch, cluster, packages_installed=True, log=lambda s: click.echo(s, err=True))
+            stages.run_stages(ch, cluster, packages_installed=True)
             base.finish_debian(ch)
     write_manifest(rootfs, tmp / "manifest")
     with phase("disk image"):
@@ -155,7 +142,7 @@ def _build_from_image(cluster: Cluster, tmp: Path) -> None:
     with phase("stages"), mounts.partition_mounted(image, layout.root_offset, layout.root_size,
                                                     tmp / "mnt") as root:
         with chroot.chroot(root, cluster.base.arch) as ch:
-            stages.run_stages(ch, cluster, packages_installed=False, log=lambda s: click.echo(s, err=True))
+            stages.run_stages(ch, cluster, packages_installed=False)
         write_manifest(root, tmp / "manifest")
 
 
@@ -271,7 +258,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         final = outdir / f"{name}.img"
         if final.exists() and stamp.exists() and stamp.read_text().strip() == node_key and all(
                 (outdir / f"{name}{s}").exists() for s in (".img.sha256", ".img.bmap", ".manifest")):
-            click.echo(f"==> {final}: up to date", err=True)
+            progress.say(f"==> {final}: up to date")
             os.chmod(final, IMAGE_MODE)  # an image of an older pibuild was world-readable
             built.append(final)
             continue
@@ -280,7 +267,7 @@ def build_nodes(cluster: Cluster, nodes: list[str], outdir: Path) -> list[Path]:
         check_host()
         build_node(entry, plans[n], secrets.crypt_hash(password), outdir, name, cib_configuration)
         stamp.write_text(node_key + "\n")
-        click.echo(f"    {final} ({final.stat().st_size // MIB} MiB)", err=True)
+        progress.say(f"    {final} ({final.stat().st_size // MIB} MiB)")
         built.append(final)
     return built
 
@@ -309,7 +296,7 @@ def build_node(entry: Path, entries: list[render.Entry], hacluster_hash: str, ou
                 target.chmod(0o644)
         with phase(f"{name}: block map and checksum"):
             tools.run(["bmaptool", "create", "-o", str(tmp[".img.bmap"]), str(tmp[".img"])], capture=True)
-            tmp[".img.sha256"].write_text(f"{file_sha256(tmp['.img'])}  {final['.img'].name}\n")
+            tmp[".img.sha256"].write_text(f"{tools.file_sha256(tmp['.img'])}  {final['.img'].name}\n")
             shutil.copyfile(entry / "manifest", tmp[".manifest"])
             for suffix in (".img.sha256", ".img.bmap", ".manifest"):
                 os.chmod(tmp[suffix], SIDECAR_MODE)
@@ -336,11 +323,3 @@ def set_password_hash(root: Path, user: str, crypt_hash: str) -> None:
     shadow.write_text("\n".join(lines) + "\n")
     os.chown(shadow, st.st_uid, st.st_gid)
     os.chmod(shadow, st.st_mode & 0o7777)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()

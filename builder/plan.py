@@ -12,10 +12,13 @@ from builder.releases import RELEASES
 PCSD_PORT = 2224
 STATE_DIR = "/var/lib/pibuild"
 CONFIG_PATH = "/etc/pibuild/firstboot.json"
+# Written by firstboot once the cluster formed (its unit's ConditionPathExists=!…): the node is done.
+DONE_PATH = f"{STATE_DIR}/firstboot.done"
 PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 # Where `pcs cluster setup --corosync_conf` writes on the initiator; firstboot moves it into place whole.
 STAGED_COROSYNC_CONF = f"{STATE_DIR}/corosync.conf.new"
 COROSYNC_AUTHKEY = "/etc/corosync/authkey"
+COROSYNC_CONF = "/etc/corosync/corosync.conf"
 # The cluster's corosync authkey as the image carries it (builder/secrets.py); firstboot installs it as
 # COROSYNC_AUTHKEY, where `pcs cluster destroy` would have removed it.
 SHIPPED_AUTHKEY = "/etc/pibuild/corosync-authkey"
@@ -57,9 +60,12 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
                 "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}"]
 
     def vip_address(vip) -> list[str]:
+        # pibuild's agent migrates: a planned move (BIND stopped, failback) adds the address on the new node
+        # before the old one lets go, so a client never meets a silent address (which costs glibc its timeout).
+        migrate = ["meta", "allow-migrate=true"] if pm.address_agent == "vip" else []
         return ["resource", "create", vip.name, ADDRESS_AGENTS[pm.address_agent], f"ip={vip.address}",
                 f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
-                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}"]
+                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}", *migrate]
 
     if pm.layout == "clone":
         # BIND is watched on every node all the time, so a failover only moves an address: no monitor has to

@@ -43,6 +43,10 @@ class Release:
     bind_interface_scan: str
     # The Raspberry Pi OS Lite download directory names, by arch (raspios base).
     raspios_dirs: dict[str, str] = field(default_factory=dict)
+    # The pi-gen branch that builds this release, by arch (`pibuild pigen`): pi-gen's build.sh sets ARCH itself, one
+    # branch per arch (bookworm-arm64 checked by running its build.sh on an exported stage; the others follow its
+    # naming of release branches). Left out of the repr, which image.cluster_key() digests: it changes no image.
+    pigen_branches: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 RELEASES: dict[str, Release] = {
@@ -57,6 +61,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("raspberrypi-sys-mods",),
         bind_interface_scan="interface-interval 1;",
         raspios_dirs={"armhf": "raspios_oldstable_lite_armhf", "arm64": "raspios_oldstable_lite_arm64"},
+        pigen_branches={"armhf": "bullseye", "arm64": "bullseye-arm64"},
     ),
     "bookworm": Release(
         name="bookworm",
@@ -69,6 +74,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("raspberrypi-sys-mods",),
         bind_interface_scan="automatic-interface-scan yes;",
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+        pigen_branches={"armhf": "bookworm", "arm64": "bookworm-arm64"},
     ),
     "trixie": Release(
         name="trixie",
@@ -81,6 +87,7 @@ RELEASES: dict[str, Release] = {
         first_boot_hooks=("cloud-init",),
         bind_interface_scan="automatic-interface-scan yes;",
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
+        pigen_branches={"armhf": "trixie", "arm64": "trixie-arm64"},
     ),
 }
 
@@ -114,6 +121,24 @@ ARCHES: dict[str, Arch] = {
     "arm64": Arch("arm64", "linux-image-arm64", "qemu-system-aarch64", "cortex-a53", "qemu-aarch64",
                   tcg_cmdline=("init_on_alloc=0", "kpti=0", "nokaslr")),
 }
+
+
+# Raspberry Pi Imager's board families, by model: its device tags are "<family>-32bit" (armhf) and "<family>-64bit"
+# (arm64). Boards share their SoC's family (Zero: pi1, Zero 2 W: pi3, 400 and CM4: pi4, CM5: pi5), as in Imager's
+# own device list.
+IMAGER_FAMILIES: dict[str, tuple[str, ...]] = {
+    "pi1": ("pi1b", "pi1a", "pizero"),
+    "pi2": ("pi2b", "pi2b-v1.2"),
+    "pi3": ("pi3b", "pi3b+", "pi3a+", "pizero2w"),
+    "pi4": ("pi4b", "pi400", "cm4"),
+    "pi5": ("pi5", "cm5"),
+}
+
+
+def imager_tag(model: str, arch: str) -> str:
+    """The Raspberry Pi Imager device tag of a board running arch (pibuild's imager repository)."""
+    family = next(f for f, models in IMAGER_FAMILIES.items() if model in models)
+    return f"{family}-{'64bit' if arch == 'arm64' else '32bit'}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Where the data directories (stages/, overlays/, firstboot/, examples/) are at run time.
+"""Where the data directories (stages/, overlays/, firstboot/, clients/, examples/) are at run time.
 
 In a wheel they sit inside the builder package; in a checkout (or an editable install) beside it.
 """
@@ -29,5 +29,14 @@ def firstboot_dir() -> Path:
     return data_dir("firstboot")
 
 
+def clients_dir() -> Path:
+    return data_dir("clients")
+
+
 def example_config() -> Path:
     return data_dir("examples") / "cluster.yaml"
+
+
+def seed_config() -> Path:
+    """The bundled example with the seed's exact settings (what `lab drill --compare-seed` compares against)."""
+    return data_dir("examples") / "seed.yaml"

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import qemu
+from builder import compress, plan, progress, qemu
 from builder.errors import NeedsRoot, PibuildError
 
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
@@ -31,7 +31,6 @@ DEFAULT_TIMEOUT = {"tcg": 600.0, "kvm": 240.0}
 POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 90.0}
 CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
 FIRSTBOOT_UNIT = "pibuild-firstboot.service"
-FIRSTBOOT_DONE = "/var/lib/pibuild/firstboot.done"
 
 
 @dataclass
@@ -216,7 +215,7 @@ class _Run:
             "awk '/^failed:/ {print; fflush()} /^waiting for / && !/the local pcsd/ {print; exit}' "
             f"< <(timeout {limit} journalctl -b -u {FIRSTBOOT_UNIT} -o cat -n all -f)", timeout=limit + 30)
         _, out = self.sh(f"systemctl show -p LoadState -p ActiveState -p SubState {FIRSTBOOT_UNIT}; "
-                         f"test -e {FIRSTBOOT_DONE} && echo Done=yes")
+                         f"test -e {plan.DONE_PATH} && echo Done=yes")
         props, lines = _props(out), _firstboot_lines(journal)
         state = f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})"
         failures = [line for line in lines if line.startswith("failed:")]
@@ -224,7 +223,7 @@ class _Run:
         if props.get("LoadState", "loaded") != "loaded":
             self.add("firstboot", False, f"{FIRSTBOOT_UNIT} is {props['LoadState']}")
         elif props.get("Done") == "yes":
-            self.add("firstboot", False, f"{FIRSTBOOT_DONE} exists on a lone node: the image was not fresh")
+            self.add("firstboot", False, f"{plan.DONE_PATH} exists on a lone node: the image was not fresh")
         elif waiting and props.get("ActiveState") in ("active", "activating"):
             retried = f" (after {len(failures)} failed pass(es); first: {failures[0]})" if failures else ""
             self.add("firstboot", True, f"{FIRSTBOOT_UNIT} {state}: {lines[-1]}{retried}")
@@ -277,7 +276,7 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = None, keep_log: bool = False,
           cpus: int = 1, emit: Callable[[Check], None] = lambda check: None,
-          progress: Callable[[str], None] = lambda message: None, tcg_tuning: bool = True) -> SmokeReport:
+          tcg_tuning: bool = True) -> SmokeReport:
     """Boot image in QEMU (never writing it) and run every check. The serial log is kept when a check failed or
     keep_log is set, and deleted otherwise."""
     if os.geteuid() != 0:
@@ -291,13 +290,21 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
     serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     report = SmokeReport(image=image, serial_log=serial_log)
     workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
-    vm = qemu.Vm(image, workdir, serial_log, name=f"smoke-{image.stem}"[:60], cpus=cpus, tcg_tuning=tcg_tuning)
+    vm = None
     finished = False
     try:
+        booted = image
+        if image.name.endswith(".xz"):
+            # Decompressed into the throw-away directory (holes for the zeros); the .img.xz itself is only read.
+            progress.say(f"==> {image.name}: decompressing into {workdir}")
+            booted = workdir / image.name.removesuffix(".xz")
+            compress.decompress_sparse(image, booted)
+        vm = qemu.Vm(booted, workdir, serial_log, name=f"smoke-{booted.stem}"[:60], cpus=cpus,
+                     tcg_tuning=tcg_tuning)
         vm.prepare()
         report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
         budget = timeout or DEFAULT_TIMEOUT[report.accel]
-        progress(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
+        progress.say(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
                  f"node {vm.node.name}; serial log {serial_log}")
         vm.start()
         run = _Run(vm, report, vm.started_at + budget, emit)
@@ -314,7 +321,8 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
                 run.add(name, False, "not run (an earlier check failed or the time ran out)")
         finished = True
     finally:
-        vm.stop()
+        if vm is not None:
+            vm.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         report.total_seconds = time.monotonic() - started
         if not keep_log and (report.ok or not finished):

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import resources
+from builder import progress, resources
 from builder.chroot import Chroot
 from builder.config import Cluster
 from builder.errors import PibuildError
@@ -67,11 +67,11 @@ def environment(cluster: Cluster) -> dict[str, str]:
     }
 
 
-def run_stages(ch: Chroot, cluster: Cluster, *, packages_installed: bool, log=print) -> None:
+def run_stages(ch: Chroot, cluster: Cluster, *, packages_installed: bool) -> None:
     """Run every step; packages_installed: the base already installed NN-packages (one apt run for the debian base)."""
     env = environment(cluster)
     for step in steps():
-        log(f"  stage {step}")
+        progress.say(f"  stage {step}")
         if step.kind == "packages":
             if not packages_installed:
                 ch.apt_install(step.path.read_text().split())

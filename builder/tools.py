@@ -1,9 +1,13 @@
 """Host tools: find them, name the Debian package when one is missing, run them as argv lists."""
 
+import contextlib
+import hashlib
+import os
 import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from builder.errors import MissingTool, PibuildError
 
@@ -96,6 +100,33 @@ def stop_process(proc: subprocess.Popen, sig: int, grace: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (one of another user's counts; a zombie child of ours does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def sha256_of(stream, chunk: int = 4 << 20) -> str:
+    """The sha256 of everything a binary stream still yields, read in chunks."""
+    digest = hashlib.sha256()
+    while data := stream.read(chunk):
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return sha256_of(f)
 
 
 def terminate_as_interrupt() -> None:

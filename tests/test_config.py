@@ -18,6 +18,7 @@ from builder import config, resources, schema
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
+SEED = REPO / "examples" / "seed.yaml"
 DELETE = object()
 
 
@@ -83,7 +84,10 @@ def test_bundled_example_is_the_seeds_cluster(tmp_path):
 
     pm = cluster.pacemaker
     assert pm.migration_threshold == 1
-    assert pm.monitor_interval == "10s"
+    # pibuild's defaults, not the seed's (examples/seed.yaml has those).
+    defaults = {k.path: k.default for k in config.KEYS}
+    for key in ("monitor_interval", "query_timeout", "token_ms", "react_to_named_stop", "layout", "address_agent"):
+        assert getattr(pm, key) == defaults[f"pacemaker.{key}"], key
     assert pm.named_user == "bind"
     assert pm.monitor_request == "localhost"
     assert pm.stonith_enabled is False
@@ -92,6 +96,17 @@ def test_bundled_example_is_the_seeds_cluster(tmp_path):
     assert cluster.dns.allow_recursion == ("192.168.100.0/24",)
     # Relative secrets resolve against base_dir (the CLI passes the current directory for the bundled example).
     assert cluster.hacluster_password_file == tmp_path / "secrets" / "hacluster"
+
+
+def test_seed_example_is_the_bundled_example_with_the_seeds_settings(tmp_path):
+    """examples/seed.yaml: the same cluster, only pacemaker differs, set as seed/README.md sets it up."""
+    seed, example = config.load(SEED, base_dir=tmp_path), config.load(EXAMPLE, base_dir=tmp_path)
+    assert resources.seed_config() == SEED
+    for part in ("name", "base", "network", "login", "nodes", "vips", "dns", "hacluster_password_file"):
+        assert getattr(seed, part) == getattr(example, part), part
+    pm = seed.pacemaker
+    assert (pm.monitor_interval, pm.query_timeout, pm.token_ms, pm.react_to_named_stop) == ("10s", 5, 3000, False)
+    assert (pm.layout, pm.address_agent, pm.failback, pm.migration_threshold) == ("group", "IPaddr2", "manual", 1)
 
 
 def test_bundled_example_is_the_one_resources_finds():

@@ -6,6 +6,7 @@ request, and can be told to cut the connection after N bytes (an interrupted dow
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import lzma
@@ -13,6 +14,7 @@ import random
 import re
 import shutil
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from builder import download as dl
+from builder import progress
+from builder.cli import output
 from builder.config import Base
 from builder.errors import PibuildError
 
@@ -218,10 +222,6 @@ def final_files(cache: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def quiet(*_args):
-    pass
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # index resolution
 
@@ -272,7 +272,7 @@ def test_image_name():
 
 
 def test_checksum_good_caches_the_decompressed_image(server, cache):
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image == cache / "raspios" / server.sha256 / f"{NAME}.img"
     assert image.read_bytes() == server.image
     assert (image.parent / f"{NAME}.img.xz").read_bytes() == server.xz
@@ -283,13 +283,13 @@ def test_checksum_good_caches_the_decompressed_image(server, cache):
 
 def test_index_from_environment(server, cache, monkeypatch):
     monkeypatch.setenv(dl.INDEX_ENV, server.url)
-    image = dl.fetch_raspios(base(), cache, log=quiet)
+    image = dl.fetch_raspios(base(), cache)
     assert image.read_bytes() == server.image
 
 
 def test_pinned_url_and_sha256(server, cache):
     b = base(url=server.image_url, sha256=server.sha256.upper())
-    image = dl.fetch_raspios(b, cache, index_url="http://127.0.0.1:9/unused", log=quiet)
+    image = dl.fetch_raspios(b, cache, index_url="http://127.0.0.1:9/unused")
     assert image.read_bytes() == server.image
     assert not any(s.path.endswith((".sha256", "/")) for s in server.behaviour.seen)  # no listing, no .sha256
 
@@ -297,7 +297,7 @@ def test_pinned_url_and_sha256(server, cache):
 def test_pinned_wrong_sha256_is_an_error_and_caches_nothing(server, cache):
     wrong = "0" * 64
     with pytest.raises(PibuildError) as e:
-        dl.fetch_raspios(base(url=server.image_url, sha256=wrong), cache, log=quiet)
+        dl.fetch_raspios(base(url=server.image_url, sha256=wrong), cache)
     msg = str(e.value)
     assert server.image_url in msg and wrong in msg and server.sha256 in msg
     assert final_files(cache) == []
@@ -306,7 +306,7 @@ def test_pinned_wrong_sha256_is_an_error_and_caches_nothing(server, cache):
 
 def test_malformed_pinned_sha256_is_refused_before_any_request(server, cache):
     with pytest.raises(PibuildError, match="base.sha256: '../x' is not a sha256 digest"):
-        dl.fetch_raspios(base(url=server.image_url, sha256="../x"), cache, log=quiet)
+        dl.fetch_raspios(base(url=server.image_url, sha256="../x"), cache)
     assert server.behaviour.seen == [] and not cache.exists()
 
 
@@ -315,7 +315,7 @@ def test_corrupted_sha256_file_is_an_error_and_caches_nothing(server, cache):
     (server.root / IMAGE_PATH.lstrip("/")).with_suffix(".xz.sha256").write_text(f"{bad}  {NAME}.img.xz\n")
     with pytest.raises(PibuildError, match=f"checksum mismatch for {re.escape(server.image_url)}: "
                                            f"expected sha256 {bad}, got {server.sha256}"):
-        dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=server.url)
     assert final_files(cache) == []
     assert not list((cache / "downloads").iterdir())
 
@@ -324,10 +324,10 @@ def test_sha256_file_malformed_or_missing(server, cache):
     sha_file = (server.root / IMAGE_PATH.lstrip("/")).with_suffix(".xz.sha256")
     sha_file.write_text("<html>oops</html>\n")
     with pytest.raises(PibuildError, match="holds no sha256 checksum.*pin base.sha256"):
-        dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=server.url)
     sha_file.unlink()
     with pytest.raises(PibuildError, match=r"\.img\.xz\.sha256: HTTP 404"):
-        dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=server.url)
     assert final_files(cache) == []
     assert server.image_gets() == []  # no image download without a checksum to verify it
 
@@ -339,7 +339,7 @@ def test_unreachable_names_the_url_and_the_fix(cache):
     index = f"http://127.0.0.1:{port}"
     with pytest.raises(PibuildError, match=rf"cannot reach 127\.0\.0\.1: {index}/{DIR}/images/: .*"
                                            r"pin base.url to a mirror or use base.source: file"):
-        dl.fetch_raspios(base(), cache, index_url=index, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=index)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -350,14 +350,14 @@ def test_interrupted_download_resumes_with_a_range_request(server, cache):
     cut = MiB + 4321
     server.behaviour.cut_after = cut
     with pytest.raises(PibuildError, match=f"download of {re.escape(server.image_url)} interrupted.*run again"):
-        dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=server.url)
     partial = cache / "downloads" / f"{NAME}.partial"
     assert 0 < partial.stat().st_size <= cut
     assert final_files(cache) == []  # nothing in the final place
 
     server.behaviour.cut_after = None
     server.behaviour.seen.clear()
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image.read_bytes() == server.image
     [get] = server.image_gets()
     assert get.range == f"bytes={partial_size_before(get)}-" and get.status == 206
@@ -373,10 +373,10 @@ def test_interrupted_twice_then_completed(server, cache):
     server.behaviour.cut_after = MiB // 2
     for _ in range(2):
         with pytest.raises(PibuildError, match="interrupted"):
-            dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+            dl.fetch_raspios(base(), cache, index_url=server.url)
     assert (cache / "downloads" / f"{NAME}.partial").stat().st_size > MiB // 2
     server.behaviour.cut_after = None
-    assert dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet).read_bytes() == server.image
+    assert dl.fetch_raspios(base(), cache, index_url=server.url).read_bytes() == server.image
     assert [s.status for s in server.image_gets()] == [200, 206, 206]
 
 
@@ -386,7 +386,8 @@ def test_resume_against_a_server_without_range_support_restarts(server, cache):
     partial.write_bytes(b"garbage that is not the image")  # would fail the checksum if appended to
     server.behaviour.ignore_range = True
     messages = []
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=messages.append)
+    with progress.using(progress.Reporter(messages.append)):
+        image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image.read_bytes() == server.image
     [get] = server.image_gets()
     assert get.range and get.status == 200 and get.sent == len(server.xz)
@@ -397,7 +398,7 @@ def test_complete_partial_gets_416_and_is_verified(server, cache):
     partial = cache / "downloads" / f"{NAME}.partial"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(server.xz)
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image.read_bytes() == server.image
     assert [(s.status, s.sent) for s in server.image_gets()] == [(416, 0)]
 
@@ -406,7 +407,7 @@ def test_partial_longer_than_the_file_restarts(server, cache):
     partial = cache / "downloads" / f"{NAME}.partial"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(server.xz + b"trailing junk")
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image.read_bytes() == server.image
     assert [s.status for s in server.image_gets()] == [416, 200]
 
@@ -419,10 +420,15 @@ def test_keyboard_interrupt_leaves_the_partial_and_no_final_file(server, tmp_pat
         if done > MiB:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        dl.download(server.image_url, dest, server.sha256, partial=partial, log=quiet, progress=ctrl_c)
+    class CtrlC(progress.Reporter):
+        @contextlib.contextmanager
+        def transfer(self, what, total, done):
+            yield ctrl_c
+
+    with progress.using(CtrlC()), pytest.raises(KeyboardInterrupt):
+        dl.download(server.image_url, dest, server.sha256, partial=partial)
     assert partial.stat().st_size > MiB and not dest.exists() and not dest.parent.exists()
-    assert dl.download(server.image_url, dest, server.sha256, partial=partial, log=quiet) == server.sha256
+    assert dl.download(server.image_url, dest, server.sha256, partial=partial) == server.sha256
     assert dest.read_bytes() == server.xz and not partial.exists()
     assert server.image_gets()[-1].range == f"bytes={len(server.xz) - server.image_gets()[-1].sent}-"
 
@@ -432,20 +438,20 @@ def test_keyboard_interrupt_leaves_the_partial_and_no_final_file(server, tmp_pat
 
 
 def test_second_fetch_is_a_cache_hit(server, cache):
-    first = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    first = dl.fetch_raspios(base(), cache, index_url=server.url)
     server.behaviour.seen.clear()
-    assert dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet) == first
+    assert dl.fetch_raspios(base(), cache, index_url=server.url) == first
     assert server.image_gets() == []  # only the listings and the small .sha256
     assert all(s.path.endswith(("/", ".sha256")) for s in server.behaviour.seen)
 
 
 def test_cache_hit_with_pinned_url_and_sha256_needs_no_network(server, cache):
     b = base(url=server.image_url, sha256=server.sha256)
-    first = dl.fetch_raspios(b, cache, log=quiet)
+    first = dl.fetch_raspios(b, cache)
     server.behaviour.seen.clear()
     offline = base(url="http://127.0.0.1:9/unreachable/" + f"{NAME}.img.xz", sha256=server.sha256)
-    assert dl.fetch_raspios(offline, cache, log=quiet) == first
-    assert dl.fetch_raspios(b, cache, log=quiet) == first
+    assert dl.fetch_raspios(offline, cache) == first
+    assert dl.fetch_raspios(b, cache) == first
     assert server.behaviour.seen == []
 
 
@@ -454,21 +460,21 @@ def test_bad_xz_with_a_good_checksum_leaves_no_image(server, cache):
     folder = server.root / DIR / "images" / f"{DIR}-2026-01-01"
     _write_image(folder, "2026-01-01-raspios-bookworm-arm64-lite", bad)
     with pytest.raises(PibuildError, match="not a valid .xz file"):
-        dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+        dl.fetch_raspios(base(), cache, index_url=server.url)
     entry = cache / "raspios" / hashlib.sha256(bad).hexdigest()
     assert [p.name for p in entry.iterdir()] == ["2026-01-01-raspios-bookworm-arm64-lite.img.xz"]  # no .img(.partial)
 
 
 def test_verified_xz_without_image_is_decompressed_without_download(server, cache):
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+    image = dl.fetch_raspios(base(), cache, index_url=server.url)
     image.unlink()
     server.behaviour.seen.clear()
-    assert dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet).read_bytes() == server.image
+    assert dl.fetch_raspios(base(), cache, index_url=server.url).read_bytes() == server.image
     assert server.image_gets() == []
 
 
-def test_progress_bar_on_a_terminal(server, cache, monkeypatch, capsys):
-    monkeypatch.setattr(dl.sys.stderr, "isatty", lambda: True, raising=False)
-    image = dl.fetch_raspios(base(), cache, index_url=server.url, log=quiet)
+def test_progress_bar_on_a_terminal(server, cache, capsys):
+    with progress.using(output.reporter_for(sys.stderr, terminal=True)):
+        image = dl.fetch_raspios(base(), cache, index_url=server.url)
     assert image.read_bytes() == server.image
     assert f"{NAME}.partial" in capsys.readouterr().err  # rich drew its bar on stderr

@@ -1133,7 +1133,7 @@ def test_unit_runs_the_script_until_done():
     assert unit["Service"]["Type"] == "simple"
     assert unit["Service"]["Restart"] == "on-failure"
     assert unit["Service"]["ExecStart"] == "/" + render.FIRSTBOOT_FILES["pibuild-firstboot"][0]
-    assert unit["Unit"]["ConditionPathExists"] == f"!{plan.STATE_DIR}/firstboot.done"
+    assert unit["Unit"]["ConditionPathExists"] == f"!{plan.DONE_PATH}"
     assert set(unit["Unit"]["After"].split()) >= {"network-online.target", "pcsd.service"}
     assert "network-online.target" in unit["Unit"]["Wants"].split()
     # render.py enables the unit through a multi-user.target.wants symlink.

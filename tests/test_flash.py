@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from builder import flash as flashmod
-from builder import tools
+from builder import progress, tools
 from builder.cli import cli
 from builder.errors import PibuildError, UsageError
 from builder.flash import flash
@@ -109,8 +109,12 @@ def image(tmp_path) -> Path:
     return make_image(tmp_path)
 
 
-def quiet(_message: str) -> None:
-    pass
+@pytest.fixture
+def said():
+    """What flash() says, line by line (builder.progress)."""
+    lines: list[str] = []
+    with progress.using(progress.Reporter(lines.append)):
+        yield lines
 
 
 def no_confirm(prompt: str) -> bool:
@@ -121,7 +125,7 @@ def no_confirm(prompt: str) -> bool:
 
 def test_flash_produces_an_exact_copy_writing_only_mapped_blocks(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=80 * MiB)
-    report = flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+    report = flash(image, dev, yes=True, force=True, confirm=no_confirm)
     assert sha256_file(dev, IMAGE_SIZE) == sha256_file(image)
     assert report.method == "bmap" and report.sha256 == "checked"
     assert report.mapped_bytes < IMAGE_SIZE // 4
@@ -139,30 +143,28 @@ def test_flash_xz_with_bmap_and_checksum_of_the_xz(image, tmp_path, loops):
     os.unlink(f"{image}.sha256")
     os.unlink(image)  # only node.img.xz and node.img.bmap remain
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
-    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm)
     assert report.method == "bmap" and report.sha256 == "checked"
     assert sha256_file(dev) == hashlib.sha256(lzma.decompress(xz.read_bytes())).hexdigest()
 
 
-def test_flash_xz_without_bmap_falls_back_to_a_full_copy_and_says_so(image, tmp_path, loops):
+def test_flash_xz_without_bmap_falls_back_to_a_full_copy_and_says_so(image, tmp_path, loops, said):
     xz = tmp_path / "node.img.xz"
     xz.write_bytes(lzma.compress(image.read_bytes(), preset=1))
     os.unlink(f"{image}.bmap")
     os.unlink(image)  # node.img.sha256 (of the decompressed image) stays: checked by decompressing
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
-    said: list[str] = []
-    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm, say=said.append)
+    report = flash(xz, dev, yes=True, force=True, confirm=no_confirm)
     assert report.method == "full copy" and report.sha256 == "checked"
     assert report.verified_bytes == IMAGE_SIZE
     assert any("no block map" in s and "every byte" in s for s in said)
     assert sha256_file(dev) == hashlib.sha256(lzma.decompress(xz.read_bytes())).hexdigest()
 
 
-def test_flash_img_without_bmap_creates_one_and_says_so(tmp_path, loops):
+def test_flash_img_without_bmap_creates_one_and_says_so(tmp_path, loops, said):
     img = make_image(tmp_path, bmap=False, sha=False)
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
-    said: list[str] = []
-    report = flash(img, dev, yes=True, force=True, confirm=no_confirm, say=said.append)
+    report = flash(img, dev, yes=True, force=True, confirm=no_confirm)
     assert report.method == "bmap (created)" and report.sha256 == "missing"
     assert report.mapped_bytes < IMAGE_SIZE // 4
     assert any("creating one" in s for s in said) and any("not checked" in s for s in said)
@@ -174,25 +176,24 @@ def test_regular_file_target_needs_force(image, tmp_path):
     out = tmp_path / "copy.img"
     out.write_bytes(b"x")
     with pytest.raises(PibuildError, match=r"refusing .*copy.img: it is a regular file.*--force"):
-        flash(image, str(out), yes=True, force=False, confirm=no_confirm, say=quiet)
+        flash(image, str(out), yes=True, force=False, confirm=no_confirm)
     assert out.read_bytes() == b"x"
-    flash(image, str(out), yes=True, force=True, confirm=no_confirm, say=quiet)
+    flash(image, str(out), yes=True, force=True, confirm=no_confirm)
     assert sha256_file(out) == sha256_file(image)
     with pytest.raises(PibuildError, match="the image itself"):
-        flash(image, str(image), yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, str(image), yes=True, force=True, confirm=no_confirm)
     new = tmp_path / "new.img"
     with pytest.raises(UsageError, match="new.img does not exist"):
-        flash(image, str(new), yes=True, force=False, confirm=no_confirm, say=quiet)
-    flash(image, str(new), yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, str(new), yes=True, force=False, confirm=no_confirm)
+    flash(image, str(new), yes=True, force=True, confirm=no_confirm)
     assert sha256_file(new) == sha256_file(image)
 
 
-def test_confirmation_shows_the_target_and_declining_writes_nothing(image, tmp_path, loops):
+def test_confirmation_shows_the_target_and_declining_writes_nothing(image, tmp_path, loops, said):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
     prompts: list[str] = []
-    said: list[str] = []
     with pytest.raises(PibuildError, match="not confirmed: nothing written"):
-        flash(image, dev, yes=False, force=True, confirm=lambda p: prompts.append(p) or False, say=said.append)
+        flash(image, dev, yes=False, force=True, confirm=lambda p: prompts.append(p) or False)
     assert prompts == [f"Erase {dev} and write node.img to it?"]
     assert any(s.startswith(f"target: {dev}, ") and "67.1 MB" in s and "not removable" in s for s in said)
     assert sectors_written(dev) == 0
@@ -220,7 +221,7 @@ def test_change_between_write_and_verify_is_caught(image, tmp_path, loops, where
 
     with pytest.raises(PibuildError, match=rf"verification failed: {dev} differs from node.img in bytes "
                                            rf"{DATA[1][0] * BLOCK}-"):
-        flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet, after_write=corrupt)
+        flash(image, dev, yes=True, force=True, confirm=no_confirm, after_write=corrupt)
 
 
 def test_image_not_matching_its_bmap_fails_cleanly(image, tmp_path, loops):
@@ -232,14 +233,14 @@ def test_image_not_matching_its_bmap_fails_cleanly(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
     with pytest.raises(PibuildError, match=rf"^writing {dev} failed: bmaptool: checksum mismatch for blocks "
                                            r"range 300-309: .*partly written"):
-        flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, dev, yes=True, force=True, confirm=no_confirm)
 
 
 def test_checksum_mismatch_refused_before_writing(image, tmp_path, loops):
     Path(f"{image}.sha256").write_text(f"{'0' * 64}  node.img\n")
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
     with pytest.raises(PibuildError, match="sha256 .* does not match"):
-        flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, dev, yes=True, force=True, confirm=no_confirm)
     assert sectors_written(dev) == 0
 
 
@@ -286,7 +287,7 @@ def test_system_disk_refused_and_untouched(image, monkeypatch, force):
     first_kib = read_first_kib(disk)
 
     with pytest.raises(PibuildError, match=rf"^refusing {disk}: it holds /[ ,].*\(the running system\)"):
-        flash(image, disk, yes=True, force=force, confirm=no_confirm, say=quiet)
+        flash(image, disk, yes=True, force=force, confirm=no_confirm)
     # the refusal comes from identifying the target, before any other stage
     with pytest.raises(PibuildError, match=rf"^refusing {disk}: it holds /"):
         flashmod.identify_target(disk, 0, force=True)
@@ -296,21 +297,21 @@ def test_system_disk_refused_and_untouched(image, monkeypatch, force):
 def test_too_small_target_refused(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE - MiB)
     with pytest.raises(PibuildError, match=rf"^refusing {dev}: it holds 66.1 MB .* the image needs 67.1 MB"):
-        flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, dev, yes=True, force=True, confirm=no_confirm)
     assert sectors_written(dev) == 0
 
 
 def test_non_removable_refused_without_force(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE)
     with pytest.raises(PibuildError, match=rf"^refusing {dev}: it is not a removable device.*--force"):
-        flash(image, dev, yes=True, force=False, confirm=no_confirm, say=quiet)
+        flash(image, dev, yes=True, force=False, confirm=no_confirm)
     assert sectors_written(dev) == 0
 
 
 def test_read_only_refused(image, tmp_path, loops):
     dev = loops(tmp_path / "card.bin", size=IMAGE_SIZE, ro=True)
     with pytest.raises(PibuildError, match=rf"^refusing {dev}: it is read-only"):
-        flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, dev, yes=True, force=True, confirm=no_confirm)
 
 
 @pytest.fixture
@@ -332,17 +333,16 @@ def card_with_partitions(tmp_path, loops):
 def test_partition_refused(image, card_with_partitions):
     dev = card_with_partitions
     with pytest.raises(PibuildError, match=rf"^refusing {dev}p1: it is a partition; give the whole disk \({dev}\)"):
-        flash(image, f"{dev}p1", yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, f"{dev}p1", yes=True, force=True, confirm=no_confirm)
 
 
-def test_automounted_partition_unmounted_then_written(image, card_with_partitions):
+def test_automounted_partition_unmounted_then_written(image, card_with_partitions, said):
     dev = card_with_partitions
     mountpoint = Path(f"/media/pibuild-test-{os.getpid()}")
     mountpoint.mkdir(parents=True, exist_ok=True)
     try:
         sh("mount", f"{dev}p2", str(mountpoint))
-        said: list[str] = []
-        report = flash(image, dev, yes=True, force=True, confirm=no_confirm, say=said.append)
+        report = flash(image, dev, yes=True, force=True, confirm=no_confirm)
         assert report.unmounted == [str(mountpoint)]
         assert any(f"{dev}p2 is mounted at {mountpoint} (will be unmounted)" in s for s in said)
         assert not os.path.ismount(mountpoint)
@@ -359,7 +359,7 @@ def test_partition_mounted_elsewhere_refused(image, tmp_path, card_with_partitio
     try:
         sh("mount", f"{dev}p2", str(mountpoint))
         with pytest.raises(PibuildError, match=rf"^refusing {dev}: {dev}p2 is mounted at {mountpoint}; unmount"):
-            flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+            flash(image, dev, yes=True, force=True, confirm=no_confirm)
         assert os.path.ismount(mountpoint)
     finally:
         subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True)
@@ -372,7 +372,7 @@ def test_active_swap_refused(image, card_with_partitions):
         pytest.skip("swapon is not permitted here")
     try:
         with pytest.raises(PibuildError, match=rf"^refusing {dev}: it holds swap \(the running system\)"):
-            flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+            flash(image, dev, yes=True, force=True, confirm=no_confirm)
     finally:
         subprocess.run(["swapoff", f"{dev}p1"], check=True)
 
@@ -382,7 +382,7 @@ def test_device_claimed_by_another_program_refused(image, tmp_path, loops):
     fd = os.open(dev, os.O_RDONLY | os.O_EXCL)
     try:
         with pytest.raises(PibuildError, match=rf"^refusing {dev}: it is in use"):
-            flash(image, dev, yes=True, force=True, confirm=no_confirm, say=quiet)
+            flash(image, dev, yes=True, force=True, confirm=no_confirm)
     finally:
         os.close(fd)
     assert sectors_written(dev) == 0
@@ -390,13 +390,13 @@ def test_device_claimed_by_another_program_refused(image, tmp_path, loops):
 
 def test_bad_arguments(image, tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
-        flash(tmp_path / "nope.img", str(tmp_path / "out.img"), yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(tmp_path / "nope.img", str(tmp_path / "out.img"), yes=True, force=True, confirm=no_confirm)
     other = tmp_path / "node.iso"
     other.write_bytes(b"")
     with pytest.raises(UsageError, match=r"expected a \.img or \.img\.xz"):
-        flash(other, str(tmp_path / "out.img"), yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(other, str(tmp_path / "out.img"), yes=True, force=True, confirm=no_confirm)
     with pytest.raises(UsageError, match="/dev/pibuild-no-such-disk does not exist"):
-        flash(image, "/dev/pibuild-no-such-disk", yes=True, force=True, confirm=no_confirm, say=quiet)
+        flash(image, "/dev/pibuild-no-such-disk", yes=True, force=True, confirm=no_confirm)
 
 
 def test_disks_under_device_mapper_found_through_sysfs(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import lab, probe, resources
+from builder import config, lab, probe, qemu, resources
 from builder.probe import Sample
 
 # ---- unit: outages from synthetic samples --------------------------------------------------------------------
@@ -27,6 +27,17 @@ from builder.probe import Sample
 def series(vip: str, start: float, oks: str, step: float = 0.1) -> list[Sample]:
     """'1' a good answer, '0' a failed one, every `step` seconds from `start`."""
     return [Sample(round(start + i * step, 3), vip, c == "1") for i, c in enumerate(oks)]
+
+
+def test_compare_seed_takes_the_seeds_settings_from_examples_seed_yaml():
+    """--compare-seed drills with examples/seed.yaml's reaction keys (the seed's: monitor 10s, query 5 s, no
+    reaction, token 3000 ms); the bundled example drills with pibuild's defaults, which differ in each."""
+    seed = lab.seed_settings()
+    pm = yaml.safe_load(resources.seed_config().read_text())["pacemaker"]
+    assert seed == lab.Settings("seed", *(pm[key] for key in lab.REACTION_KEYS))
+    assert seed == lab.Settings("seed", "10s", 5, False, 3000)
+    example = lab.settings_of(config.load(resources.example_config()))
+    assert all(getattr(example, key) != getattr(seed, key) for key in lab.REACTION_KEYS)
 
 
 def test_no_failure_is_no_outage():
@@ -104,6 +115,50 @@ def test_outage_table_side_by_side():
     assert "1.2s" in text and "13.5s" in text
 
 
+def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
+    """The lab asks the VM builder for a detached QEMU (no argv patching): the serial console on a unix socket,
+    logged to the node's serial log, QMP, a pidfile, -daemonize; smoke's VM keeps its console on stdio."""
+    node = lab.lab_for(config.load(resources.example_config(), base_dir=tmp_path)).nodes[0]
+    boot = qemu.Boot("virt", "armhf", "vmlinuz-6.1.0-armmp", "initrd.img-6.1.0-armmp", None, "root=PARTUUID=x-02")
+    detached = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg",
+                       detached=qemu.Detached(serial=node.serial, qmp=node.qmp, pidfile=node.pidfile))
+    foreground = qemu.Vm(tmp_path / "x.img", node.dir, node.log, name=node.name, tap=node.tap, accel="tcg")
+    detached.boot = foreground.boot = boot
+    argv, plain = detached.qemu_argv(), foreground.qemu_argv()
+    chardev = argv[argv.index("-chardev") + 1]
+    assert chardev == (f"socket,id=serial0,path={node.serial},server=on,wait=off,logfile={node.log},"
+                       "logappend=on")
+    assert argv[-5:] == ["-qmp", f"unix:{node.qmp},server=on,wait=off", "-pidfile", str(node.pidfile),
+                         "-daemonize"]
+    assert plain[plain.index("-chardev") + 1] == "stdio,id=serial0,signal=off"
+    assert "-daemonize" not in plain and "-qmp" not in plain
+    assert [a for a in argv if a != chardev][:-5] == [a for a in plain if not a.startswith("stdio,")]
+
+
+def test_every_scenario_is_offered_and_knows_both_halves():
+    assert list(lab.SCENARIOS) == ["named-stop", "named-freeze", "node-poweroff", "node-replace", "link-down"]
+    for name, scenario in lab.SCENARIOS.items():
+        assert scenario.name == name
+        # Either both halves of "break, fail over, repair, fail back", or a course of its own.
+        kind = type(scenario)
+        halves = kind.event is not lab.Scenario.event and kind.recover is not lab.Scenario.recover
+        assert halves or kind.run is not lab.Scenario.run, name
+
+
+def test_rejoin_table_shows_the_new_cards_figures_and_what_was_left():
+    row = {"scenario": "node-replace", "settings": "config", "node": "dns-pm01", "boot_s": 61.2, "rejoin_s": 95.0,
+           "firstboot_done_s": 140.4, "vip_home_after_rejoin_s": None, "secrets_left_on_card": [],
+           "rejoin_glibc_defaults_failed": 0, "rejoin_glibc_recommended_failed": 2,
+           "rejoin_glibc_defaults_worst_s": 0.02, "rejoin_glibc_recommended_worst_s": 1.5}
+    other = {"scenario": "named-stop", "settings": "config"}
+    text = lab.rejoin_table([other, row, {**row, "vip": "second VIP's row, same figures"}])
+    head, line = text.splitlines()
+    assert "node-replace" in head and "dns-pm01" in line
+    assert line.split()[2:6] == ["61s", "95s", "140s", "stayed"]
+    assert line.split()[6:] == ["2", "1.50s", "none"]
+    assert lab.rejoin_table([other]) == ""
+
+
 # ---- lab tier: the whole cluster in QEMU ---------------------------------------------------------------------
 
 EXAMPLE_IMAGES = ("clst-01-dns-pm01.img", "clst-01-dns-pm02.img")
@@ -137,7 +192,7 @@ def lab_config(cwd: Path, arch: str) -> str:
     """Write the lab's cluster.yaml into cwd; returns the cluster's name."""
     source = resources.example_config() if arch == "armhf" else ARM64_CONFIG
     data = yaml.safe_load(source.read_text())
-    for key in lab.REACTION_KEYS:  # the example's seed values dropped: the lab drills with pibuild's defaults
+    for key in lab.REACTION_KEYS:  # none in either config: the lab drills with pibuild's defaults
         data.get("pacemaker", {}).pop(key, None)
     (cwd / "cluster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return data["cluster"]["name"]
@@ -196,6 +251,43 @@ def test_drills_named_stop_and_node_poweroff_recover(lab_up):
     for r in rows:
         assert r["recovered"], r
         assert set(r) >= {"scenario", "vip", "outage_s", "recovered"}
+        # The lab's glibc clients (issue 16): no lookup failed, and none took longer than a working failover
+        # allows (CLIENT_CEILINGS).
+        for client in ("defaults", "recommended"):
+            assert r[f"glibc_{client}_lookups"] > 0 and r[f"glibc_{client}_failed"] == 0, r
+        ceilings = CLIENT_CEILINGS[r["scenario"]]
+        assert r["glibc_defaults_worst_s"] < ceilings[0] and r["glibc_recommended_worst_s"] < ceilings[1], r
+
+
+@pytest.mark.lab
+def test_node_replace_the_first_node_rejoins_by_itself(lab_up):
+    """Issue 17: the first node (the initiator, whose card carries the password) gets a new card with the same
+    image; its firstboot must rejoin the running cluster with no one's help while the other node serves."""
+    proc = pibuild("lab", "drill", "--scenario", "node-replace", "--json", cwd=lab_up, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = json.loads(proc.stdout)
+    print(lab.rejoin_table(rows))
+    assert {r["vip"] for r in rows} == {"192.168.100.11", "192.168.100.12"}
+    for r in rows:
+        assert r["node"] == "dns-pm01" and r["recovered"], r
+        # The target: online within the new card's boot plus 3 min under TCG. A rejoin that needed the old
+        # formation (pcsd calls, the 60 s request timeouts) or a retry pass would cross it.
+        assert r["rejoin_s"] is not None and r["rejoin_s"] - r["boot_s"] <= 180, r
+        assert r["firstboot_done_s"] is not None, r
+        assert r["secrets_left_on_card"] == [], r   # the plaintext and the image's authkey copy gone again
+        # A node's loss is not a failure of its VIP: under either failback policy it comes home once the new card
+        # runs BIND (by a migration: the address is on a node throughout).
+        assert r["vip_home_after_rejoin_s"] is not None, r
+        for client in ("defaults", "recommended"):
+            assert r[f"rejoin_glibc_{client}_lookups"] > 0 and r[f"rejoin_glibc_{client}_failed"] == 0, r
+
+
+# Worst glibc lookup allowed per scenario: (glibc defaults, recommended options timeout:1 attempts:3). named-stop
+# migrates the address while BIND still answers, so no lookup waits for a silent server; a gap in the move (the
+# address on no node for a moment) costs the lookups that meet it glibc's whole 5 s timeout. node-poweroff: a
+# lookup meets the dead node's silence once, one timeout, then the other VIP answers; twice that would mean the
+# other VIP was silent too. The recommended options cap a silence at their 1 s timeout; without them, 5 s.
+CLIENT_CEILINGS = {"named-stop": (2.5, 2.5), "node-poweroff": (5.0 + 2.5, 1.0 + 1.5)}
 
 
 FAKE_DNS = """

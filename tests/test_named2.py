@@ -286,6 +286,26 @@ def test_reload_succeeds_and_unknown_actions_are_unimplemented(tmp_path):
     assert run_agent("frobnicate", tmp_path).rc == OCF_ERR_UNIMPLEMENTED
 
 
+def test_started_here_names_the_resources_of_the_state_files_here(tmp_path):
+    """named-hooks.sh asks the agent, as a systemd hook outside Pacemaker, which resources it started on this node:
+    the state files' names stay the agent's own."""
+    _need_ocf()
+    for name in ("named2-mon.state", "named2-vip-b.state", "IPaddr2-x.state"):
+        (tmp_path / name).touch()
+
+    def started_here() -> list[str]:
+        env = {"PATH": PATH, "OCF_ROOT": str(OCF_ROOT), "HA_RSCTMP": str(tmp_path)}
+        p = subprocess.run([str(AGENT), "started-here"], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == OCF_SUCCESS, p.stderr
+        return p.stdout.split()
+
+    assert started_here() == ["mon", "vip-b"]
+    assert run_agent("stop", tmp_path).rc == OCF_SUCCESS  # resource "mon"
+    assert started_here() == ["vip-b"]
+    hooks = (AGENT.parents[3] / "pibuild/named-hooks.sh").read_text()
+    assert "/usr/lib/ocf/resource.d/pibuild/named2 started-here" in hooks and "named2-" not in hooks
+
+
 # -- against a real BIND in a network namespace ------------------------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """`pip install .` (not editable) into a fresh venv gives a working `pibuild` with its data directories.
 
-stages/, overlays/, firstboot/, examples/ and bases/ must ship inside the wheel: `pipx install .` must work, not only a
-checkout. These tests install from the checkout this file is in; pip fetches hatchling and the dependencies from
-PyPI (about 30-60 s).
+stages/, overlays/, firstboot/, clients/, examples/ and bases/ must ship inside the wheel: `pipx install .` must work,
+not only a checkout. These tests install from the checkout this file is in; pip fetches hatchling and the
+dependencies from PyPI (about 30-60 s).
 """
 
+import ast
 import os
 import stat
 import subprocess
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["validate", "render", "node", "all", "flash", "smoke", "lab", "pigen"]
-DATA_DIRS = ["stages", "overlays", "firstboot", "examples", "bases"]
+VERBS = ["validate", "render", "node", "all", "flash", "smoke", "lab", "pigen", "clients"]
+DATA_DIRS = ["stages", "overlays", "firstboot", "clients", "examples", "bases"]
 NAMED2 = "usr/lib/ocf/resource.d/pibuild/named2"
 
 
@@ -90,6 +91,20 @@ def test_every_verb_module_imports_and_help_lists_it(tmp_path):
     assert "not available" not in proc.stdout
 
 
+def test_only_the_command_line_imports_click():
+    """The core reports through builder.progress; click belongs to builder/cli/ alone."""
+    importers = []
+    for path in sorted((REPO / "builder").rglob("*.py")):
+        if (REPO / "builder" / "cli") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "click" or n.startswith("click.") for n in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert importers == []
+
+
 def test_version_is_the_distributions(venv, tmp_path):
     meta = run([venv / "bin" / "python", "-c", "import importlib.metadata as m; print(m.version('pibuild'))"],
                cwd=tmp_path)
@@ -129,6 +144,8 @@ def test_render_from_the_installed_wheel(venv, site_builder, tmp_path):
     assert (tree / "usr/lib/pibuild/pibuild-firstboot").is_file()
     assert (tree / "etc/systemd/system/pibuild-firstboot.service").is_file()
     assert (tree / "etc/hostname").read_text() == "dns-pm01\n"
+    clients = run([venv / "bin" / "pibuild", "clients", "--only", "resolv.conf"], cwd=tmp_path)
+    assert clients.returncode == 0 and "nameserver 192.168.100.11\n" in clients.stdout, clients.stderr
     # The secret is created in the current directory, never inside the installation.
     secret = tmp_path / "secrets" / "hacluster"
     assert secret.is_file()

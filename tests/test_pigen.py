@@ -28,6 +28,7 @@ import yaml
 from conftest import run_pibuild as pibuild
 
 from builder import config, export, image, render, resources, secrets, stages
+from builder.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -38,7 +39,8 @@ LOGIN_HASH = "$y$j9T$abc/def$0123456789abcdefABCDEF./xyz"
 GENERATED_SUBSTAGES = ("node-files", "hacluster-password")
 STEP_RE = re.compile(r"^\d\d-(packages|run\.sh|run-chroot\.sh)$")
 
-# What pi-gen's build.sh does for one stage: source the config, export its variables, run_stage (prerun.sh, then each
+# What pi-gen's build.sh does for one stage: export BASE_DIR, source the config, set ARCH as its branch does, export
+# the config's variables, run_stage (prerun.sh, then each
 # sub-stage directory in glob order) and run_sub_stage (for i in 00..99: packages, run.sh if executable, run-chroot.sh
 # piped into on_chroot), with copy_previous and on_chroot as exported functions. on_chroot records instead of
 # chrooting: the script (stdin) and the environment it would have carried into the chroot.
@@ -47,8 +49,11 @@ set -e  # (also when run as `bash harness.sh`, which ignores the -e above)
 config=$1
 STAGE_DIR=$(realpath "$2")
 work=$3
+# build.sh exports BASE_DIR (its checkout) before it sources the config, and the ARCH of its branch after.
+export BASE_DIR="$work/pi-gen"
 # shellcheck disable=SC1090
 source "$config"
+export ARCH=$4
 export IMG_NAME RELEASE TARGET_HOSTNAME FIRST_USER_NAME FIRST_USER_PASS DISABLE_FIRST_BOOT_USER_RENAME
 export PUBKEY_SSH_FIRST_USER ENABLE_SSH PUBKEY_ONLY_SSH DEPLOY_COMPRESSION
 export STAGE_DIR PREV_ROOTFS_DIR="$work/prev/rootfs" ROOTFS_DIR="$work/stage/rootfs" RECORD="$work/chroot"
@@ -135,10 +140,12 @@ def exported(request, tmp_path_factory) -> Exported:
 
 
 
-def sourced(config_file: Path, *names: str, cwd: Path | None = None) -> dict[str, str]:
-    """Source the config with bash (as build.sh does) and read variables back, NUL-separated."""
+def sourced(config_file: Path, *names: str, cwd: Path | None = None, base_dir: Path | None = None) -> dict[str, str]:
+    """Source the config with bash as build.sh does (BASE_DIR, the pi-gen checkout, exported first) and read
+    variables back, NUL-separated."""
     script = 'set -e; source "$1"; shift; for n in "$@"; do printf "%s\\0" "${!n}"; done'
-    proc = subprocess.run(["bash", "-c", script, "bash", str(config_file), *names], cwd=cwd,
+    env = {"PATH": os.environ["PATH"], **({"BASE_DIR": str(base_dir)} if base_dir else {})}
+    proc = subprocess.run(["bash", "-c", script, "bash", str(config_file), *names], cwd=cwd, env=env,
                           capture_output=True, check=True)
     return dict(zip(names, proc.stdout.decode().split("\0")[:-1], strict=True))
 
@@ -158,12 +165,15 @@ def test_config_gives_pigen_its_variables(exported):
     c, node = exported.cluster, exported.node
     got = sourced(exported.dest / "config", "IMG_NAME", "RELEASE", "ARCH", "TARGET_HOSTNAME", "FIRST_USER_NAME",
                   "FIRST_USER_PASS", "DISABLE_FIRST_BOOT_USER_RENAME", "PUBKEY_SSH_FIRST_USER", "ENABLE_SSH",
-                  "DEPLOY_COMPRESSION", "STAGE_LIST")
-    assert got["STAGE_LIST"] == f"stage0 stage1 stage2 {exported.dest}/stage-pibuild-{node}"
+                  "DEPLOY_COMPRESSION", "STAGE_LIST", base_dir=Path("/opt/pi-gen"))
+    assert got["STAGE_LIST"] == ("/opt/pi-gen/stage0 /opt/pi-gen/stage1 /opt/pi-gen/stage2 "
+                                 f"{exported.dest}/stage-pibuild-{node}")
     assert Path(got["STAGE_LIST"].split()[-1]).resolve() == exported.stage.resolve()
     assert got["IMG_NAME"] == c.name == "clst-01"
     assert got["RELEASE"] == c.base.release
-    assert got["ARCH"] == c.base.arch
+    # build.sh sets ARCH from its branch, after the config: the config names the branch instead.
+    assert got["ARCH"] == ""
+    assert f"from the {export.pigen_branch(c)} branch" in (exported.dest / "config").read_text()
     assert got["TARGET_HOSTNAME"] == node
     assert got["FIRST_USER_NAME"] == c.login.user == "admin"
     assert got["PUBKEY_SSH_FIRST_USER"] == "\n".join(c.login.ssh_authorized_keys)
@@ -175,19 +185,56 @@ def test_config_gives_pigen_its_variables(exported):
     assert not Path("/tmp/pibuild-pwned").exists()
 
 
-def test_config_finds_the_stage_from_a_pigen_checkout(exported, tmp_path):
-    """Copied into a pi-gen checkout (build.sh sources ./config), or the config elsewhere (build-docker.sh's
-    /config): STAGE_LIST names the stage as build.sh, running in the checkout, finds it."""
+def test_config_finds_the_stage_from_anywhere(exported, tmp_path):
+    """build.sh resolves every STAGE_LIST entry against the directory it was started in, which may be any: each entry
+    is absolute. The stage is found beside the config (`build.sh -c DIR/config`, DIR relative or not), else in the
+    pi-gen checkout (config and stage copied there, or build-docker.sh's /config)."""
     checkout = tmp_path / "pi-gen"
     checkout.mkdir()
+    elsewhere = tmp_path / "somewhere/else"
+    elsewhere.mkdir(parents=True)
+    base = [f"{checkout}/stage{i}" for i in range(3)]
+
+    def stage_list(config_file: Path, cwd: Path) -> list[str]:
+        got = sourced(config_file, "STAGE_LIST", cwd=cwd, base_dir=checkout)["STAGE_LIST"].split()
+        assert all(Path(p).is_absolute() for p in got), got
+        return got
+
+    beside = stage_list(Path(os.path.relpath(exported.dest / "config", elsewhere)), elsewhere)
+    assert beside == [*base, str(exported.stage)]
     shutil.copytree(exported.stage, checkout / exported.stage.name, symlinks=True)
     shutil.copy(exported.dest / "config", checkout / "config")
-    stage_list = sourced(Path("config"), "STAGE_LIST", cwd=checkout)["STAGE_LIST"]
-    assert (checkout / stage_list.split()[-1]).resolve() == (checkout / exported.stage.name).resolve()
-    elsewhere = tmp_path / "config"
-    shutil.copy(exported.dest / "config", elsewhere)
-    assert sourced(elsewhere, "STAGE_LIST", cwd=checkout)["STAGE_LIST"] == \
-        f"stage0 stage1 stage2 {exported.stage.name}"
+    assert stage_list(checkout / "config", elsewhere) == [*base, str(checkout / exported.stage.name)]
+    alone = tmp_path / "config"
+    shutil.copy(exported.dest / "config", alone)
+    assert stage_list(alone, elsewhere) == [*base, str(checkout / exported.stage.name)]
+
+
+def test_stage_stops_a_build_for_the_wrong_arch(exported, tmp_path):
+    """pi-gen's armhf branch sets ARCH=armhf whatever the config says: the exported stage stops there, naming the
+    branch to use, before it touches a root file system."""
+    other = "armhf" if exported.cluster.base.arch == "arm64" else "arm64"
+    with pytest.raises(AssertionError) as failed:
+        run_harness(exported, tmp_path / "work", arch=other)
+    message = str(failed.value)
+    assert f"build it from pi-gen's {export.pigen_branch(exported.cluster)} branch (this checkout builds {other})" \
+        in message
+    assert not (tmp_path / "work/stage/rootfs").exists()
+
+
+def test_a_path_with_spaces_is_refused(tmp_path):
+    """build.sh word-splits STAGE_LIST: the export says so instead of writing a stage pi-gen would run as two."""
+    with pytest.raises(UsageError, match="splits STAGE_LIST at white space"):
+        exported_for(example_data(), "dns-pm01", tmp_path / "my exports")
+    assert not (tmp_path / "my exports/pigen").exists()
+
+
+def test_pigen_branch_per_release_and_arch(tmp_path):
+    data = example_data("bookworm")
+    assert export.pigen_branch(config.from_dict(data, tmp_path / "a.yaml")) == "bookworm"
+    data["base"]["arch"] = "arm64"
+    data["nodes"][1]["model"] = "pi3b"
+    assert export.pigen_branch(config.from_dict(data, tmp_path / "b.yaml")) == "bookworm-arm64"
 
 
 def test_stage_has_the_structure_pigen_expects(exported):
@@ -298,12 +345,14 @@ class Record:
     cwd: Path
 
 
-def run_harness(e: Exported, work: Path) -> tuple[Path, list[Record]]:
+def run_harness(e: Exported, work: Path, arch: str | None = None) -> tuple[Path, list[Record]]:
+    """Run the stage as build.sh would; arch: the ARCH of the pi-gen branch (default: the config's)."""
     work.mkdir(parents=True, exist_ok=True)
     harness = work / "pigen-harness.sh"
     harness.write_text(HARNESS)
     make_base_rootfs(work / "prev/rootfs")
-    proc = subprocess.run(["bash", str(harness), str(e.dest / "config"), str(e.stage), str(work)],
+    arch = arch or (e.cluster.base.arch if e.cluster else "armhf")
+    proc = subprocess.run(["bash", str(harness), str(e.dest / "config"), str(e.stage), str(work), arch],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = []
@@ -404,11 +453,11 @@ def test_wrapped_steps_keep_pigens_order_and_get_their_variables(tmp_path):
     assert (sub / "01-run-chroot.sh").read_bytes() == (src / "01-run-chroot.sh").read_bytes()
     for script in (sub / "00-run.sh", sub / "pibuild/00-run.sh"):
         assert subprocess.run(["shellcheck", str(script)], capture_output=True).returncode == 0
-    (stage / "prerun.sh").write_text(export.PRERUN.format(header=""))
+    (stage / "prerun.sh").write_text(export.PRERUN.format(header="", arch="arm64", branch="bookworm-arm64"))
     (stage / "prerun.sh").chmod(0o755)
     (tmp_path / "out/config").write_text("FIRST_USER_NAME=admin\n")
     e = Exported(None, "demo", tmp_path / "out", stage, "")
-    rootfs, records = run_harness(e, tmp_path / "work")
+    rootfs, records = run_harness(e, tmp_path / "work", arch="arm64")
     assert (rootfs / "x").read_text() == "payload\n"
     assert (rootfs / "host-saw").read_text() == extra["FIRST_USER_PASS_HASH"]
     assert [r.script for r in records] == [(src / "00-run-chroot.sh").read_bytes(),
@@ -545,8 +594,8 @@ def run_real_harness(e: Exported, work: Path) -> Path:
                               '\t\tchroot "${ROOTFS_DIR}" /bin/bash -e < "$n.sh"\n\tfi\n')
     assert harness != HARNESS
     (work / "h.sh").write_text(harness)
-    proc = subprocess.run(["bash", str(work / "h.sh"), str(e.dest / "config"), str(e.stage), str(work)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(work / "h.sh"), str(e.dest / "config"), str(e.stage), str(work),
+                           e.cluster.base.arch], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return work / "stage/rootfs"
 

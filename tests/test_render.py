@@ -25,6 +25,7 @@ from builder import config, plan, render, secrets
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
+SEED = REPO / "examples" / "seed.yaml"  # the example with the seed's exact settings
 RELEASES = ["bullseye", "bookworm", "trixie"]
 NODES = {"dns-pm01": "192.168.100.1", "dns-pm02": "192.168.100.2"}
 
@@ -73,18 +74,18 @@ SEED_CIB = [
 ]
 
 
-# pibuild's default layout for the example: one cloned named2 monitor, each address colocated with it.
+# pibuild's defaults for the example: one cloned named2 monitor every 2 s, each address colocated with it.
 CLONE_CIB = [
     ["property", "set", "stonith-enabled=false", "no-quorum-policy=ignore"],
     ["resource", "defaults", "update", "migration-threshold=1"],
     ["resource", "create", "named-monitor", "ocf:pibuild:named2", "monitor_request=localhost", "named_user=bind",
-     "named=/usr/sbin/named", "op", "monitor", "interval=10s", "timeout=20s", "clone"],
+     "named=/usr/sbin/named", "query_timeout=3", "op", "monitor", "interval=2s", "timeout=20s", "clone"],
     ["resource", "create", "rs-vip-1", "ocf:pibuild:vip", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
-     "op", "monitor", "interval=10s"],
+     "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
     ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-1", "kind=Optional"],
     ["resource", "create", "rs-vip-2", "ocf:pibuild:vip", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
-     "op", "monitor", "interval=10s"],
+     "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
     ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-2", "kind=Optional"],
     ["constraint", "location", "rs-vip-1", "prefers", "dns-pm01=200", "dns-pm02=100"],
@@ -92,8 +93,8 @@ CLONE_CIB = [
 ]
 
 
-def example_data(release: str = "bookworm") -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
+def example_data(release: str = "bookworm", source: Path = EXAMPLE) -> dict:
+    data = yaml.safe_load(source.read_text())
     data["base"]["release"] = release
     return data
 
@@ -447,8 +448,7 @@ def test_firstboot_plan_forms_the_example_cluster(rendered):
 
 @pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
 def test_layout_group_is_the_seeds_cib(release, tmp_path):
-    data = example_data(release)
-    data["pacemaker"].update(layout="group", address_agent="IPaddr2")
+    data = example_data(release, SEED)
     tree = render_tree(data, tmp_path)
     p = json.loads((tree / FIRSTBOOT_JSON).read_text())
     assert p["commands"]["cib"] == seed_cib(release)
@@ -458,8 +458,7 @@ def test_layout_group_is_the_seeds_cib(release, tmp_path):
 @pytest.mark.parametrize("release", ["bullseye", "bookworm", "trixie"])
 def test_every_cib_command_is_in_the_seed(release, tmp_path):
     """The seed's facts, each found in the cib commands of layout group (independently of their order)."""
-    data = example_data(release)
-    data["pacemaker"].update(layout="group", address_agent="IPaddr2")
+    data = example_data(release, SEED)
     p = json.loads((render_tree(data, tmp_path) / FIRSTBOOT_JSON).read_text())
     cib = [" ".join(c) for c in p["commands"]["cib"]]
     for vip, address, group, monitor in (("rs-vip-1", "192.168.100.11", "rg-01", "monitor-named1"),

@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 from conftest import loop_devices, mounts, run_pibuild
 
 from builder import qemu
-from builder.image import read_layout
+from builder.layout import read_layout
 
 NODE = "dns-pm01"
 IMAGE_NAME = f"clst-01-{NODE}.img"
@@ -260,3 +261,60 @@ def test_guest_cmdline():
     line = "console=serial0,115200 console=tty1 root=PARTUUID=ab-02 rootwait init=/usr/lib/x/firstboot quiet"
     assert qemu.guest_cmdline(line, "ttyAMA0", ("a=b",)) == \
         "root=PARTUUID=ab-02 rootwait quiet console=ttyAMA0,115200 a=b"
+
+
+def test_the_vm_layer_does_not_import_the_build():
+    """builder.qemu reads an image's layout through builder.layout, not through the image builder (and its stack)."""
+    code = "import sys, builder.qemu; print(' '.join(sorted(m for m in sys.modules if m.startswith('builder.'))))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    loaded = set(proc.stdout.split())
+    assert "builder.qemu.vm" in loaded and "builder.layout" in loaded
+    assert not loaded & {"builder.image", "builder.base", "builder.stages", "builder.chroot", "builder.config"}
+
+
+# ---- .img.xz -------------------------------------------------------------------------------------------------
+
+@needs_root
+@needs_tools
+def test_smoke_boots_an_img_xz_decompressed_in_its_throwaway_directory(tmp_path, clean_host, monkeypatch):
+    """The .img.xz is decompressed into smoke's own directory and that copy is prepared for QEMU for real (boot
+    files read, overlay on the copy); QEMU's start is the seam that stops the run. Nothing is left, the .img.xz
+    is unchanged."""
+    from builder import compress, progress, smoke
+    from builder.errors import PibuildError
+
+    image = tmp_path / "raspios.img"
+    _fake_raspios(image, "arm64")
+    want = sha256(image)
+    xz = compress.compress(image)
+    os.unlink(image)
+    before = sha256(xz)
+    seen = {}
+
+    def start(vm):
+        seen["image"], seen["sha256"], seen["mode"] = vm.image, sha256(vm.image), vm.boot.mode
+        raise PibuildError("stopped before QEMU (test)")
+
+    monkeypatch.setattr(qemu.Vm, "start", start)
+    said: list[str] = []
+    with pytest.raises(PibuildError, match="stopped before QEMU"), progress.using(progress.Reporter(said.append)):
+        smoke.smoke(xz, log_dir=tmp_path / "logs")
+    assert seen["image"].name == "raspios.img" and seen["image"].parent != tmp_path
+    assert seen["sha256"] == want and seen["mode"] == "raspi"
+    assert not seen["image"].exists()
+    assert any("decompressing" in line for line in said)
+    assert sha256(xz) == before
+
+
+@needs_root
+def test_smoke_of_a_damaged_img_xz_names_it(tmp_path, clean_host):
+    import lzma
+
+    from builder import smoke
+    from builder.errors import PibuildError
+
+    bad = tmp_path / "node.img.xz"
+    bad.write_bytes(lzma.compress(bytes(1 << 20))[:-16])
+    with pytest.raises(PibuildError, match="node.img.xz: xz could not decompress it"):
+        smoke.smoke(bad, log_dir=tmp_path / "logs")

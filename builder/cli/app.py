@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from builder import __version__, tools
-from builder.cli import build, flash, lab, pigen, smoke, validate
+from builder import __version__, progress, tools
+from builder.cli import build, clients, flash, lab, output, pigen, smoke, validate
 from builder.errors import PibuildError
 
 
@@ -21,7 +21,8 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with progress.using(output.reporter_for(sys.stderr)):
+                return super().invoke(ctx)
         except PibuildError as exc:
             _fail(f"error: {exc}", exc.exit_code)
         except OSError as exc:
@@ -42,7 +43,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 for _command in (validate.validate, validate.render, build.node, build.all_nodes, flash.flash, smoke.smoke,
-                 lab.lab, pigen.pigen):
+                 lab.lab, pigen.pigen, clients.clients):
     cli.add_command(_command)
 
 

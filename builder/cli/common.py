@@ -44,3 +44,16 @@ def node_name(cluster: config_mod.Cluster, name: str) -> str:
     if name not in known:
         raise UsageError(f"node {name!r} is not in {cluster.source}; nodes are: {', '.join(known)}")
     return name
+
+
+def cluster_with_node(ctx: click.Context, node: str) -> config_mod.Cluster:
+    """The config of this invocation, which must have `node`."""
+    cluster = cluster_of(ctx)
+    node_name(cluster, node)
+    return cluster
+
+
+def output_dir(help_text: str):
+    """The -o DIR option of the verbs that write a tree."""
+    return click.option("-o", "--output", "output", required=True,
+                        type=click.Path(file_okay=False, path_type=Path), help=help_text)

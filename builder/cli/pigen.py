@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from builder import export
-from builder.cli.common import cluster_of, node_name
+from builder.cli.common import cluster_with_node, output_dir
 
 
 def _tree(root: Path) -> list[str]:
@@ -26,13 +26,11 @@ def _tree(root: Path) -> list[str]:
 
 @click.command(name="pigen")
 @click.argument("node")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write config and stage-pibuild-NODE/ into (one directory per node).")
+@output_dir("Directory to write config and stage-pibuild-NODE/ into (one directory per node).")
 @click.pass_context
 def pigen(ctx: click.Context, node: str, output: Path) -> None:
     """Export NODE as a pi-gen build: DIR/config and the stage DIR/stage-pibuild-NODE/."""
-    cluster = cluster_of(ctx)
-    node_name(cluster, node)
+    cluster = cluster_with_node(ctx, node)
     stage = export.export_pigen(cluster, node, output)
     click.echo(f"  {output / 'config'}")
     click.echo(f"  {stage}/")
@@ -41,5 +39,5 @@ def pigen(ctx: click.Context, node: str, output: Path) -> None:
     if node == cluster.initiator.name:
         click.echo(f"note: {stage.name}/ holds the hacluster password ({node} forms the cluster): keep it private",
                    err=True)
-    click.echo(f"pi-gen build of {node} written under {output}: in a pi-gen checkout (branch for "
-               f"{cluster.base.release} {cluster.base.arch}), run `sudo ./build.sh -c {output.resolve() / 'config'}`")
+    click.echo(f"pi-gen build of {node} written under {output}: in a pi-gen checkout of branch "
+               f"{export.pigen_branch(cluster)}, run `sudo ./build.sh -c {output.resolve() / 'config'}`")

@@ -19,9 +19,9 @@ from builder.errors import PibuildError
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the serial log goes (default: the temporary directory).")
 def smoke(image: Path, timeout: float | None, keep_log: bool, log_dir: Path | None) -> None:
-    """Boot IMAGE in QEMU (without changing it), log in on its serial console and check it; exit 0 or 1."""
+    """Boot IMAGE (.img or .img.xz) in QEMU (never changing it), log in on its serial console, check; exit 0 or 1."""
     report = smoke_mod.smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log,
-                             emit=lambda check: click.echo(check.line()), progress=lambda m: click.echo(m, err=True))
+                             emit=lambda check: click.echo(check.line()))
     timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
     timing += (f"checks done {report.checks_seconds:.1f} s after QEMU started, "
                f"verdict after {report.total_seconds:.1f} s ({report.accel.upper()})")

@@ -8,7 +8,7 @@ import click
 
 from builder import render as render_mod
 from builder import secrets
-from builder.cli.common import cluster_of, node_name
+from builder.cli.common import cluster_of, cluster_with_node, output_dir
 
 
 @click.command()
@@ -27,13 +27,11 @@ def validate(ctx: click.Context) -> None:
 
 @click.command()
 @click.argument("node")
-@click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the tree into.")
+@output_dir("Directory to write the tree into.")
 @click.pass_context
 def render(ctx: click.Context, node: str, output: Path) -> None:
     """Write every file NODE's image receives, as a tree, for review."""
-    cluster = cluster_of(ctx)
-    node_name(cluster, node)
+    cluster = cluster_with_node(ctx, node)
     entries = render_mod.render_node(cluster, node, secrets.hacluster_password(cluster.hacluster_password_file))
     secrets.make_private_dir(output)  # the initiator's tree holds the hacluster password
     render_mod.write_tree(entries, output)

@@ -22,11 +22,8 @@ reaction_wanted() {
 fail_local_named2() {
 	node=$(uname -n)
 	told=1
-	# The named2 agent keeps one state file per resource started on this node.
-	for state in /run/resource-agents/named2-*.state; do
-		[ -e "$state" ] || continue
-		rsc=${state##*/named2-}
-		rsc=${rsc%.state}
+	# The named2 agent knows which of its resources it started here (its state files).
+	for rsc in $(OCF_ROOT=/usr/lib/ocf /usr/lib/ocf/resource.d/pibuild/named2 started-here); do
 		logger -t "$1" "$2: telling Pacemaker that $rsc failed on $node"
 		if crm_resource --fail --resource "$rsc" --node "$node" >/dev/null 2>&1; then
 			told=0
