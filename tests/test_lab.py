@@ -136,7 +136,10 @@ def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
 
 
 def test_every_scenario_is_offered_and_knows_both_halves():
-    assert list(lab.SCENARIOS) == ["named-stop", "named-freeze", "node-poweroff", "node-replace", "link-down"]
+    assert lab.DEFAULT_SCENARIOS == ["named-stop", "named-freeze", "node-poweroff", "node-replace", "link-down"]
+    moments = ["setup", "start", "auth", "push", "mark"]
+    assert list(lab.SCENARIOS) == lab.DEFAULT_SCENARIOS + ["formation-powercut"] + [
+        f"formation-powercut-{m}" for m in moments]
     for name, scenario in lab.SCENARIOS.items():
         assert scenario.name == name
         # Either both halves of "break, fail over, repair, fail back", or a course of its own.

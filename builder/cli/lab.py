@@ -65,7 +65,9 @@ def status(ctx: click.Context) -> None:
 
 @lab.command(name="drill")
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(lab_mod.SCENARIOS)),
-              help="Run only these (repeatable); default: all.")
+              help="Run these (repeatable); default: every drill but the formation-powercut ones (each forms the "
+                   "cluster anew from new cards: `-<moment>` cuts the first node's power as it begins that step, "
+                   "without one at a random step).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON list of {scenario, vip, outage_s, recovered, glibc_*} (glibc: the clients').")
 @click.option("--compare-seed", is_flag=True,
@@ -77,7 +79,7 @@ def drill(ctx: click.Context, scenarios: tuple[str, ...], as_json: bool, compare
     the_lab = _lab(ctx)
     lab_mod.require_up(the_lab)
     settings = [lab_mod.settings_of(the_lab.cluster)] + ([lab_mod.seed_settings()] if compare_seed else [])
-    rows = lab_mod.drill(the_lab, list(scenarios or lab_mod.SCENARIOS), settings)
+    rows = lab_mod.drill(the_lab, list(scenarios or lab_mod.DEFAULT_SCENARIOS), settings)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     else:

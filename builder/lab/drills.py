@@ -3,7 +3,8 @@
 A drill is a Scenario: what breaks the target node (`event`) and what repairs it (`recover`). To add one, subclass
 Scenario, give it a `name`, implement the two, and list an instance in SCENARIOS; `pibuild lab drill --scenario`
 offers it from there. A drill whose course is not "break, fail over, repair, fail back" overrides `run()` and
-builds its rows with `Drill.rows()`.
+builds its rows with `Drill.rows()` (node-replace: a new card; formation-powercut: new cards for all, a power cut
+during formation). A drill that is not part of a bare `lab drill` sets `by_default = False`.
 
 Each drill gives one row per VIP (the JSON of `lab drill --json`): scenario, vip, outage_s, recovered, failback_s,
 node, and the glibc clients' figures from the event until recovery began (glibc_defaults_worst_s, _over_1s, _failed,
@@ -15,6 +16,8 @@ added in `Drill.rows()`, the one place where a row is made.
 from __future__ import annotations
 
 import contextlib
+import random
+import shlex
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ from builder.lab.state import Lab, LabNode
 SETTLE_S = 3.0          # every VIP answering this long: the failover (or the failback) is over
 FAILOVER_TIMEOUT = 120
 RECOVERY_TIMEOUT = 600  # a powered-off node boots again under TCG
+FORMATION_TIMEOUT = 900  # new cards: firstboot forming the cluster (as `lab up` waits)
 
 
 @dataclass
@@ -152,6 +156,10 @@ class Scenario:
     """One drill against the node that holds the first VIP (see the module's docstring)."""
 
     name: ClassVar[str]
+    # False: only run when asked for by name (`lab drill --scenario`), not by a bare `lab drill`.
+    by_default: ClassVar[bool] = True
+    # True: the drill forms the cluster anew from new cards, so the drill's settings are applied again after it.
+    reforms_cluster: ClassVar[bool] = False
 
     def event(self, d: Drill, node: LabNode) -> None:
         raise NotImplementedError
@@ -289,6 +297,78 @@ class NodeReplace(Scenario):
         return None
 
 
+class FormationPowercut(Scenario):
+    """Formation survives a power cut (issue 17): every node gets a new card and boots; when the initiator's
+    firstboot reaches `moment` (the line its journal prints as it begins that step) its power is cut, and it boots
+    again from the same card. The cluster must still form: every node's firstboot done, every VIP home and
+    answering. `moment` None: a moment drawn at random from MOMENTS. Re-forms the whole cluster (about one
+    `lab up`), so a bare `lab drill` does not run it."""
+
+    by_default = False
+    reforms_cluster = True
+    # The initiator's steps, by the journal line that begins each (firstboot/pibuild-firstboot).
+    MOMENTS: ClassVar[dict[str, str]] = {
+        "setup": "running: pcs cluster setup",                      # making corosync.conf (pcs, ~20 s emulated)
+        "start": "running: systemctl enable --now corosync",        # corosync and pacemaker starting
+        "auth": "running: pcs host auth",                           # the tokens, pcsd to pcsd
+        "push": "pushing the configuration",                        # the CIB replaced
+        "mark": "running: cibadmin --modify",                       # admin_epoch
+    }
+
+    def __init__(self, moment: str | None = None):
+        self.moment = moment
+        self.name = "formation-powercut" + (f"-{moment}" if moment else "")
+
+    def run(self, d: Drill) -> list[dict]:
+        moment = self.moment or random.choice(list(self.MOMENTS))
+        initiator = d.lab.nodes[0]
+        progress.say(f"{self.name}: every node gets a new card; {initiator.name}'s power is cut at '{moment}'")
+        event = time.time()
+        for name in list(d.cons):
+            d.cons.pop(name).close()
+        marks = {}
+        for node in d.lab.nodes:
+            power_off(node)
+            new_card(d.lab, node)
+            marks[node.name] = node.log.stat().st_size if node.log.exists() else 0
+        start = time.time()
+        for node in d.lab.nodes:
+            start_vm(d.lab, node)
+        for node in d.lab.nodes:
+            wait_login_prompt(node, marks[node.name], BOOT_TIMEOUT)
+            d.cons[node.name] = NodeConsole(node)
+        reached = self.wait_journal(d.cons[initiator.name], self.MOMENTS[moment], FORMATION_TIMEOUT)
+        cut = time.time()
+        d.cons.pop(initiator.name).close()
+        power_off(initiator)
+        progress.say(f"{self.name}: {initiator.name} " + (f"reached '{moment}'; power cut {cut - start:.0f} s after "
+                     "power-on" if reached else f"never reached '{moment}'; power cut anyway"))
+        mark = initiator.log.stat().st_size
+        start_vm(d.lab, initiator)
+        wait_login_prompt(initiator, mark, BOOT_TIMEOUT)
+        d.cons[initiator.name] = NodeConsole(initiator)
+        formed = all(NodeReplace.wait_firstboot_done(d, n.name, FORMATION_TIMEOUT) for n in d.lab.nodes)
+        formed_at = time.time()
+        ok = formed and d.wait_healthy(RECOVERY_TIMEOUT, time.time())
+        progress.say(f"{self.name}: {'formed' if ok else 'NOT formed'} {formed_at - start:.0f} s after power-on")
+        measured = {"moment": moment, "moment_reached": reached, "cut_s": round(cut - start, 1),
+                    "formed_s": round(formed_at - start, 1) if formed else None}
+        return d.rows(self.name, initiator.name, event, start, ok and reached, measured)
+
+    @staticmethod
+    def wait_journal(con: NodeConsole, line: str, timeout: float) -> bool:
+        """Until firstboot's journal holds `line` (polled as fast as the console answers)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            rc, _ = con.run(f"journalctl -u pibuild-firstboot -o cat --no-pager | grep -qF {shlex.quote(line)}",
+                            timeout=60)
+            if rc == 0:
+                return True
+            if con.run(f"test -e {plan.DONE_PATH}", timeout=60)[0] == 0:
+                return False  # formed without passing that line (a step already done)
+        return False
+
+
 class LinkDown(Scenario):
     name = "link-down"
 
@@ -300,8 +380,11 @@ class LinkDown(Scenario):
 
 
 # Every drill, in the order `lab drill` runs them by default.
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (NamedStop(), NamedFreeze(), NodePoweroff(), NodeReplace(),
-                                                      LinkDown())}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    NamedStop(), NamedFreeze(), NodePoweroff(), NodeReplace(), LinkDown(),
+    FormationPowercut(), *(FormationPowercut(m) for m in FormationPowercut.MOMENTS))}
+# What a bare `lab drill` runs.
+DEFAULT_SCENARIOS = [name for name, s in SCENARIOS.items() if s.by_default]
 
 
 def drill(lab: Lab, scenarios: list[str], settings: list[Settings]) -> list[dict]:
@@ -320,6 +403,8 @@ def drill(lab: Lab, scenarios: list[str], settings: list[Settings]) -> list[dict
                         raise PibuildError(f"the cluster is not healthy before {name}: `pibuild lab status`")
                     for row in SCENARIOS[name].run(d):
                         rows.append({**row, "settings": s.name})
+                    if SCENARIOS[name].reforms_cluster:
+                        apply_settings(lab, d.cons, s)   # new cards carry the image's settings
         finally:
             if len(settings) > 1 or settings[0].name == "seed":
                 with contextlib.suppress(Exception):
