@@ -45,15 +45,25 @@ def pytest_unconfigure(config):
         shutil.rmtree(shim_dir, ignore_errors=True)
 
 
+def _ours(path: str) -> bool:
+    """A path the code under test may use: under its cache root or the temporary directory. A build elsewhere on
+    the machine with a cache of its own (a developer's, beside a fresh-cache run) is not a leak of ours."""
+    from builder import cache
+    return any(path == str(root) or path.startswith(f"{root}/")
+               for root in (cache.cache_root(), Path(tempfile.gettempdir()).resolve()))
+
+
 def loop_devices() -> set[str]:
+    """Attached loop devices backed by a file of ours, as "NAME BACK-FILE"."""
     out = subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
                          capture_output=True, text=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    return {line.strip() for line in out.splitlines() if line.split()[1:] and _ours(line.split()[1])}
 
 
 def mounts() -> set[str]:
+    """Mount points of ours."""
     with open("/proc/self/mountinfo") as f:
-        return {line.split()[4] for line in f}
+        return {point for point in (line.split()[4] for line in f) if _ours(point)}
 
 
 @pytest.fixture

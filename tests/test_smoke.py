@@ -158,6 +158,8 @@ def test_broken_bind_config_fails_naming_named(example_image, tmp_path, clean_ho
 
 # ---- the VM layer without booting ----------------------------------------------------------------------------
 
+# Opens the bundled example's image: the image tier, since it builds one when the cache is cold.
+@pytest.mark.image
 @needs_root
 @needs_tools
 def test_debian_image_argv_and_overlay_only_login(example_image, tmp_path, clean_host):
