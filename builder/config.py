@@ -231,8 +231,10 @@ KEYS = (
     Key("pacemaker.monitor_interval", DURATION, "2s", "how often named2 checks BIND (the seed: `10s`)"),
     Key("pacemaker.monitor_timeout", DURATION, "20s", "named2's monitor operation timeout"),
     Key("pacemaker.failback", choice(FAILBACK), "manual",
-        "`manual`: a VIP stays on the survivor until `pcs resource cleanup` (the seed); `auto`: it returns once BIND "
-        "on its preferred node answers again (after `failure_timeout`)"),
+        "`manual`: a VIP moved by a failure (BIND stopped or frozen there) stays on the survivor until `pcs "
+        "resource cleanup` (the seed); `auto`: it returns once BIND on its preferred node answers again (after "
+        "`failure_timeout`). Under both, a node that comes back (powered on again, a replaced card) gets its VIPs "
+        "back once its BIND answers: a node's loss is not a failure of its VIPs"),
     Key("pacemaker.failure_timeout", DURATION, "60s", "with `failback: auto`: how long a failure counts"),
     Key("pacemaker.named_user", TEXT, "bind", "the named2 agent's user BIND runs as",
         _pattern(USER_RE, "must be the user BIND runs as (Debian's is 'bind')")),
