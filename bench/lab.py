@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from builder import config as config_mod  # noqa: E402
-from builder.lab import REACTION_KEYS, seed_settings, settings_of  # noqa: E402
+from builder.lab import REACTION_KEYS, rejoin_table, seed_settings, settings_of  # noqa: E402
+from builder.lookups import client_table  # noqa: E402
 
 
 def machine(arch: str) -> str:
@@ -100,6 +101,9 @@ def main() -> int:
             cell = "-" if r is None else f"{r['outage_s']:.1f} s"
             cells.append(cell if r is None or r["recovered"] else cell + " (NOT recovered)")
         print(f"{scenario:<15}{vip:<17}{cells[0]:>18}{cells[1]:>15}")
+    print(client_table(rows))
+    if rejoins := rejoin_table(rows):
+        print(rejoins)  # node-replace: a new card's boot and rejoin, seconds from power-on
     result = {"machine": machine(arch), "config": str(args.config), "lab_up_s": up_s, "rows": rows,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (REPO / "bench" / f"lab-results-{arch}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -190,6 +190,10 @@ KEYS = (
     Key("secrets.hacluster_password_file", TEXT, "secrets/hacluster",
         "created 0600 (its directory 0700) with a random password when missing; relative to the config; one line of "
         "printable characters"),
+    Key("secrets.corosync_key_file", TEXT, "secrets/corosync-key",
+        "the cluster's corosync secret: created 0600 with 64 random bytes (hex, one line) when missing; every "
+        "image's corosync authkey is derived from it, the cluster name and the node list (see [Replacing a card]"
+        "(#replacing-a-card-flash-the-same-image-and-power-on))"),
     Key("nodes", LIST, REQUIRED, "the cluster's machines, at least two; the first node forms the cluster",
         lambda nodes: "a cluster needs at least two nodes" if len(nodes) < 2 else None, what="at least two nodes"),
     Key("nodes[].name", TEXT, REQUIRED, "hostname", _hostname, what="the node's hostname"),
@@ -227,8 +231,10 @@ KEYS = (
     Key("pacemaker.monitor_interval", DURATION, "2s", "how often named2 checks BIND (the seed: `10s`)"),
     Key("pacemaker.monitor_timeout", DURATION, "20s", "named2's monitor operation timeout"),
     Key("pacemaker.failback", choice(FAILBACK), "manual",
-        "`manual`: a VIP stays on the survivor until `pcs resource cleanup` (the seed); `auto`: it returns once BIND "
-        "on its preferred node answers again (after `failure_timeout`)"),
+        "`manual`: a VIP moved by a failure (BIND stopped or frozen there) stays on the survivor until `pcs "
+        "resource cleanup` (the seed); `auto`: it returns once BIND on its preferred node answers again (after "
+        "`failure_timeout`). Under both, a node that comes back (powered on again, a replaced card) gets its VIPs "
+        "back once its BIND answers: a node's loss is not a failure of its VIPs"),
     Key("pacemaker.failure_timeout", DURATION, "60s", "with `failback: auto`: how long a failure counts"),
     Key("pacemaker.named_user", TEXT, "bind", "the named2 agent's user BIND runs as",
         _pattern(USER_RE, "must be the user BIND runs as (Debian's is 'bind')")),
@@ -264,7 +270,9 @@ KEYS = (
         "what holds a floating address: `vip` is pibuild's `ocf:pibuild:vip` (adds the address, announces it with "
         "gratuitous ARP through resource-agents' `send_arp`, removes it; a few processes; its stop ends only the "
         "`send_arp` it started, checked by its command line, because a pidfile can outlive its process and "
-        "`send_arp` itself kills whatever pid an existing pidfile names), `IPaddr2` is resource-agents' (the seed's), "
+        "`send_arp` itself kills whatever pid an existing pidfile names; `allow-migrate=true`: a planned move adds "
+        "and announces the address on the new node before the old one removes it, see [the client's figures]"
+        "(#what-a-client-feels-of-a-failover)), `IPaddr2` is resource-agents' (the seed's), "
         "which starts about thirty processes before it adds the address: 1–3 s of every failover on an emulated lab "
         "node, a fraction of that on a Pi"),
     Key("dns.allow_recursion", LIST,
@@ -378,6 +386,8 @@ class Cluster:
     network: Network
     login: Login
     hacluster_password_file: Path
+    # The cluster's corosync secret: every card's corosync authkey is derived from it (builder/secrets.py).
+    corosync_key_file: Path
     nodes: tuple[Node, ...]
     vips: tuple[Vip, ...]
     pacemaker: Pacemaker
@@ -606,6 +616,7 @@ def from_dict(data: dict, source: Path, base_dir: Path | None = None) -> Cluster
         Network(**section("network")),
         Login(**section("login")),
         (r.base_dir / v["secrets.hacluster_password_file"]).expanduser(),
+        (r.base_dir / v["secrets.corosync_key_file"]).expanduser(),
         tuple(Node(**n) for n in v["nodes"]),
         tuple(Vip(**vip) for vip in v["vips"]),
         Pacemaker(**section("pacemaker")),

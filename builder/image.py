@@ -231,8 +231,10 @@ def secrets_note(cluster: Cluster, images: list[Path]) -> str:
     if initiator:
         lines.append(f"  {initiator[0]} holds the hacluster password in plaintext "
                      f"({plan.PASSWORD_PATH}, deleted on the Pi once the cluster formed)")
-    lines.append("  every image holds the hacluster password's hash and the login user's keys and password hash")
-    lines.append(f"  the password itself: {cluster.hacluster_password_file}")
+    lines.append("  every image holds the cluster's corosync authkey, the hacluster password's hash and the login "
+                 "user's keys and password hash")
+    lines.append(f"  the password itself: {cluster.hacluster_password_file}; the corosync secret: "
+                 f"{cluster.corosync_key_file} (keep both: a replacement card needs the same)")
     lines.append("  flash them, then delete them or keep them where only you can read them (README: Secrets)")
     return "\n".join(lines)
 

@@ -19,6 +19,9 @@ PASSWORD_PATH = "/etc/pibuild/hacluster-password"
 STAGED_COROSYNC_CONF = f"{STATE_DIR}/corosync.conf.new"
 COROSYNC_AUTHKEY = "/etc/corosync/authkey"
 COROSYNC_CONF = "/etc/corosync/corosync.conf"
+# The cluster's corosync authkey as the image carries it (builder/secrets.py); firstboot installs it as
+# COROSYNC_AUTHKEY, where `pcs cluster destroy` would have removed it.
+SHIPPED_AUTHKEY = "/etc/pibuild/corosync-authkey"
 NAMED2_AGENT = "ocf:pibuild:named2"
 # named2's own query_timeout default: not spelled out in the plan (the seed's commands stay as they were).
 NAMED2_QUERY_TIMEOUT = 5
@@ -57,9 +60,12 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
                 "op", "monitor", f"interval={pm.monitor_interval}", f"timeout={monitor_timeout}"]
 
     def vip_address(vip) -> list[str]:
+        # pibuild's agent migrates: a planned move (BIND stopped, failback) adds the address on the new node
+        # before the old one lets go, so a client never meets a silent address (which costs glibc its timeout).
+        migrate = ["meta", "allow-migrate=true"] if pm.address_agent == "vip" else []
         return ["resource", "create", vip.name, ADDRESS_AGENTS[pm.address_agent], f"ip={vip.address}",
                 f"cidr_netmask={cluster.network.prefix}", f"nic={cluster.network.interface}",
-                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}"]
+                "op", "monitor", f"interval={ADDRESS_MONITOR_INTERVAL}", *migrate]
 
     if pm.layout == "clone":
         # BIND is watched on every node all the time, so a failover only moves an address: no monitor has to
@@ -92,8 +98,10 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
     setup = ["pcs", "cluster", "setup", cluster.name]
     for n in cluster.nodes:
         setup += [n.name, f"addr={n.address}"]
-    # Local mode: no pcsd is asked to destroy, enable or start anything (see firstboot/pibuild-firstboot).
-    setup += ["totem", f"token={cluster.pacemaker.token_ms}", "--corosync_conf", STAGED_COROSYNC_CONF, "--overwrite"]
+    # Local mode: no pcsd is asked anything; every node makes the same file (no random cluster UUID), so a node
+    # needs no other node to have it (see firstboot/pibuild-firstboot).
+    setup += ["totem", f"token={cluster.pacemaker.token_ms}", *release.pcs.setup_reproducible,
+              "--corosync_conf", STAGED_COROSYNC_CONF, "--overwrite"]
     return {
         "cluster": cluster.name,
         "node": node.name,
@@ -104,15 +112,13 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
         "pcsd_port": PCSD_PORT,
         "password_file": PASSWORD_PATH,
         "staged_corosync_conf": STAGED_COROSYNC_CONF,
+        "shipped_authkey": SHIPPED_AUTHKEY,
         "state_dir": STATE_DIR,
         "pcs_version": release.pcs.version,
         "commands": {
             "destroy": ["pcs", "cluster", "destroy", *release.pcs.destroy_confirm],
             "auth": ["pcs", "host", "auth", *[n.name for n in cluster.nodes], "-u", "hacluster"],
             "setup": setup,
-            # Through pcsd to every node, the authkey before corosync.conf; firstboot adds --request-timeout.
-            "authkey": ["pcs", "cluster", "authkey", "corosync", COROSYNC_AUTHKEY],
-            "sync": ["pcs", "cluster", "sync"],
             # What `pcs cluster enable` and `pcs cluster start` run, as one local call on each node.
             "start": ["systemctl", "enable", "--now", "corosync.service", "pacemaker.service"],
             "cib": cib_commands(cluster),

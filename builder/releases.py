@@ -18,6 +18,9 @@ class PcsSyntax:
     # `resource create` puts a resource in a group with `--group G` up to 0.11 (0.11.5 reads a `group` word after
     # `op` as another operation); 0.12 adds the `group G` keyword and deprecates `--group`.
     group_keyword: tuple[str, ...] = ("--group",)
+    # `pcs cluster setup` writes a random cluster_uuid into corosync.conf from 0.11.5 on unless told not to; every
+    # node makes its own corosync.conf, and all must be the same. 0.10.8 writes none and knows no such option.
+    setup_reproducible: tuple[str, ...] = ("--no-cluster-uuid",)
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ RELEASES: dict[str, Release] = {
         network_backend="dhcpcd",
         components=("main", "non-free"),
         network_packages=("dhcpcd5",),
-        pcs=PcsSyntax(version="0.10.8", destroy_confirm=()),
+        pcs=PcsSyntax(version="0.10.8", destroy_confirm=(), setup_reproducible=()),
         first_boot_hooks=("raspberrypi-sys-mods",),
         bind_interface_scan="interface-interval 1;",
         raspios_dirs={"armhf": "raspios_oldstable_lite_armhf", "arm64": "raspios_oldstable_lite_arm64"},

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from builder import plan, resources
+from builder import plan, resources, secrets
 from builder.config import Cluster
 from builder.releases import RELEASES
 
@@ -97,6 +97,11 @@ def render_node(cluster: Cluster, node_name: str, hacluster_password: str) -> li
     if node.name == cluster.initiator.name:
         secret_rel = plan.PASSWORD_PATH.lstrip("/")
         entries[secret_rel] = Entry(secret_rel, 0o600, (hacluster_password + "\n").encode())
+    # Every node: the cluster's corosync authkey, which firstboot installs for corosync. It is what lets a node whose
+    # card was reflashed rejoin by itself, and what keeps a card of another cluster out.
+    key_rel = plan.SHIPPED_AUTHKEY.lstrip("/")
+    entries[key_rel] = Entry(key_rel, 0o400, secrets.corosync_authkey(
+        cluster.corosync_key_file, cluster.name, [(n.name, n.address) for n in cluster.nodes]))
     return [entries[k] for k in sorted(entries)]
 
 

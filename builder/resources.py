@@ -1,4 +1,4 @@
-"""Where the data directories (stages/, overlays/, firstboot/, examples/) are at run time.
+"""Where the data directories (stages/, overlays/, firstboot/, clients/, examples/) are at run time.
 
 In a wheel they sit inside the builder package; in a checkout (or an editable install) beside it.
 """
@@ -27,6 +27,10 @@ def overlays_dir() -> Path:
 
 def firstboot_dir() -> Path:
     return data_dir("firstboot")
+
+
+def clients_dir() -> Path:
+    return data_dir("clients")
 
 
 def example_config() -> Path:

@@ -17,6 +17,7 @@ packages=(
 	bind9 bind9-utils bind9-dnsutils              # named-checkconf, dig, and BIND for the named2 agent's tests
 	resource-agents libxml2-utils shellcheck      # ocf-tester, ra-api-1.dtd, script checks
 	iproute2 iptables                             # network namespaces, bridges and taps for the lab
+	dnsmasq-base kea-dhcp4-server isc-dhcp-server # `pibuild clients`: its DHCP snippets checked by the real servers
 	cpio kmod zstd debian-archive-keyring         # the lab's armhf emulation kernel (builder/emulation.py)
 	python3 python3-venv python3-pip
 )

@@ -35,6 +35,8 @@ SCRIPT = REPO / "firstboot" / "pibuild-firstboot"
 UNIT = REPO / "firstboot" / "pibuild-firstboot.service"
 EXAMPLE = REPO / "examples" / "cluster.yaml"
 PASSWORD = "Tr0ub4dor&3-hacluster"
+# The cluster's corosync authkey as the image carries it (builder/secrets.py derives the real one).
+AUTHKEY = bytes(range(256))
 TIMEOUT = 20
 
 # What Debian's corosync package ships: the one-node cluster `pcs cluster destroy` must remove.
@@ -91,6 +93,7 @@ ROOT = os.environ["PIBUILD_ROOT"]
 CONF = ROOT + "/etc/corosync/corosync.conf"
 CIB = ROOT + "/var/lib/pacemaker/cib/cib.xml"
 KEY = ROOT + "/etc/corosync/authkey"
+PLAN = ROOT + "/etc/pibuild/firstboot.json"
 
 
 def read(path):
@@ -113,6 +116,18 @@ def conf_nodes():
     if not os.path.exists(CONF):
         return []
     return [line.split(":", 1)[1].strip() for line in read(CONF).splitlines() if line.strip().startswith("name:")]
+
+
+def key_hex():
+    if not os.path.exists(KEY):
+        return None
+    with open(KEY, "rb") as f:
+        return f.read().hex()
+
+
+def in_membership(state):
+    """The peers' corosync accepts this node only with the same key: peer_key None means they hold this node's."""
+    return state.get("peer_key") is None or state["peer_key"] == key_hex()
 
 
 def resources_xml(ids):
@@ -143,7 +158,7 @@ def pcs(args, stdin, state):
         remove(CONF)
         remove(CIB)
         remove(KEY)
-        state.update(running=False, resources=[])
+        state.update(running=False, corosync=False, resources=[], admin_epoch=0)
         return 0, "Shutting down pacemaker/corosync services...\nRemoving all cluster configuration files..."
     if args[:2] == ["host", "auth"]:
         if stdin.rstrip("\n") != state["password"]:
@@ -168,23 +183,6 @@ def pcs(args, stdin, state):
                 nodes.append(arg)
         write(target, corosync_conf(args[2], nodes))
         return 0, ""
-    if args[:3] == ["cluster", "authkey", "corosync"] or args[:2] == ["cluster", "sync"]:
-        if not state["auth"]:
-            return 1, "Error: Unable to authenticate to dns-pm02, try running 'pcs host auth dns-pm02'"
-        if not os.path.exists(CONF):
-            return 1, "Error: Unable to read /etc/corosync/corosync.conf: No such file or directory"
-        timed_out = remote_timeout(args, state)
-        if timed_out:
-            return 1, timed_out
-        if args[1] == "authkey":
-            if not os.path.exists(ROOT + args[3]):
-                return 1, f"Error: Unable to read file '{args[3]}'"
-            state["sent"] = state.get("sent", []) + ["authkey"]
-            return 0, "Sending 'corosync authkey' to 'dns-pm01', 'dns-pm02'"
-        if "authkey" not in state.get("sent", []):
-            return 1, "fake pcs: corosync.conf sent to nodes without the authkey"
-        state["sent"] = state["sent"] + ["corosync.conf"]
-        return 0, "Warning: Corosync configuration has been synchronized, please reload corosync daemon"
     if args[:2] == ["cluster", "cib"]:
         if not state["running"]:
             return 1, "Error: unable to get cib"
@@ -216,7 +214,10 @@ def act(tool, args, stdin, state):
             return 1, "corosync.service: Can't read file /etc/corosync/corosync.conf"
         if not os.path.exists(KEY):
             return 1, "corosync.service: Could not open /etc/corosync/authkey"
-        state["running"] = True
+        state.update(running=True, corosync=True)
+        if state.get("peer_resources") is not None and in_membership(state):
+            # Joining peers that run the configured cluster: Pacemaker gives this node their CIB.
+            state.update(resources=list(state["peer_resources"]), admin_epoch=state.get("peer_admin_epoch", 1))
         return 0, ""
     if tool == "systemctl":
         return 0, ""
@@ -225,6 +226,15 @@ def act(tool, args, stdin, state):
     if not state["running"]:
         return (102, "crm_mon: Error: cluster is not available on this node") if tool == "crm_mon" else \
             (107, "Could not connect to the CIB: Transport endpoint is not connected")
+    if tool == "cibadmin" and args == ["--query", "--no-children"]:
+        return 0, f'<cib epoch="7" num_updates="3" admin_epoch="{state.get("admin_epoch", 0)}"/>'
+    if tool == "cibadmin" and args[:2] == ["--modify", "--xml-text"]:
+        import xml.etree.ElementTree as ET
+        root = ET.fromstring(args[2])
+        if root.tag != "cib" or set(root.attrib) != {"admin_epoch"}:
+            return 1, f"fake cibadmin: unexpected modification {args[2]}"
+        state["admin_epoch"] = int(root.get("admin_epoch"))
+        return 0, ""
     if tool == "cibadmin" and args[:3] == ["--replace", "--scope", "configuration"]:
         pushed = read(args[args.index("--xml-file") + 1])
         write(FAKE_DIR + "/pushed.xml", pushed)
@@ -239,7 +249,13 @@ def act(tool, args, stdin, state):
                    + resources_xml(state["resources"]) + "<constraints/></configuration>")
     if tool == "cibadmin":
         return 0, resources_xml(state["resources"])
-    nodes = "".join(f'<node name="{n}" id="{i}" online="{str(n not in state["offline"]).lower()}" type="member"/>'
+    with open(PLAN) as f:
+        me = json.load(f)["node"]
+
+    def online(n):
+        return n not in state["offline"] and (n == me or in_membership(state))
+
+    nodes = "".join(f'<node name="{n}" id="{i}" online="{str(online(n)).lower()}" type="member"/>'
                     for i, n in enumerate(conf_nodes(), 1))
     # Resource entries hold <node> elements too (without online=): the script must not count them.
     located = "".join(f'<resource id="{r}"><node name="{state["offline"][0]}" id="9" cached="true"/></resource>'
@@ -400,6 +416,7 @@ class Node:
             if (name == "local" and local_up) or (name != "local" and peers_up):
                 pcsd.up()
         self.write(plan.CONFIG_PATH, json.dumps(the_plan, indent=2))
+        self.write_bytes(the_plan["shipped_authkey"], AUTHKEY, mode=0o400)
         if the_plan["is_initiator"]:
             self.write(the_plan["password_file"], PASSWORD + "\n", mode=0o600)
         self.plan = the_plan
@@ -426,6 +443,13 @@ class Node:
         target.chmod(mode)
         return target
 
+    def write_bytes(self, absolute: str, data: bytes, mode: int) -> Path:
+        target = self.path(absolute)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(mode)
+        return target
+
     def path(self, absolute: str) -> Path:
         return Path(str(self.root) + absolute)
 
@@ -436,14 +460,21 @@ class Node:
         self.set_state(running=True)
 
     def formed_cluster(self, running: bool = True, resources: list[str] | None = None,
-                       offline: tuple[str, ...] = ()) -> None:
-        """This plan's cluster set up on the node (by an earlier run, or by the initiator)."""
-        self.write("/etc/corosync/authkey", "k" * 256, mode=0o400)
+                       offline: tuple[str, ...] = (), admin_epoch: int = 1) -> None:
+        """This plan's cluster set up on the node by an earlier run."""
+        self.write_bytes("/etc/corosync/authkey", AUTHKEY, mode=0o400)
+        self.our_corosync_conf()
+        self.write("/var/lib/pacemaker/cib/cib.xml", "<cib/>")
+        self.set_state(running=running, corosync=running, offline=list(offline), admin_epoch=admin_epoch,
+                       resources=list(self.plan["resources"] if resources is None else resources))
+
+    def our_corosync_conf(self) -> None:
         self.write("/etc/corosync/corosync.conf",
                    corosync_conf(self.plan["cluster"], [n["name"] for n in self.plan["nodes"]]))
-        self.write("/var/lib/pacemaker/cib/cib.xml", "<cib/>")
-        self.set_state(running=running, offline=list(offline),
-                       resources=list(self.plan["resources"] if resources is None else resources))
+
+    def peers_run_the_cluster(self, key: bytes = AUTHKEY) -> None:
+        """The other nodes run a formed cluster whose corosync holds key."""
+        self.set_state(peer_key=key.hex(), peer_resources=list(self.plan["resources"]), peer_admin_epoch=1)
 
     # fake state
 
@@ -457,7 +488,8 @@ class Node:
         path = self.fake_dir / "fake-state.json"
         if path.exists():
             return json.loads(path.read_text())
-        return {"running": False, "resources": [], "auth": False, "offline": [], "password": PASSWORD, "fail": None}
+        return {"running": False, "corosync": False, "resources": [], "auth": False, "offline": [],
+                "password": PASSWORD, "fail": None, "admin_epoch": 0, "peer_key": None, "peer_resources": None}
 
     def set_state(self, **changes) -> None:
         with self._locked():
@@ -509,10 +541,14 @@ class Node:
         assert self.path(self.plan["state_dir"] + "/firstboot.done").exists()
         assert not self.path(self.plan["password_file"]).exists()
         assert not Path(self.cib_file).exists()
+        assert not self.path(self.plan["shipped_authkey"]).exists(), "the image's copy of the key stays behind"
         assert sorted(state["resources"]) == sorted(self.plan["resources"])
-        assert state["running"]
+        assert state["running"] and state["corosync"]
+        assert state["admin_epoch"] == 1
         conf = self.path("/etc/corosync/corosync.conf").read_text()
         assert f"cluster_name: {self.plan['cluster']}" in conf
+        key = self.path("/etc/corosync/authkey")
+        assert key.read_bytes() == AUTHKEY and (key.stat().st_mode & 0o777) == 0o400
 
 
 @pytest.fixture
@@ -527,26 +563,35 @@ def remote(argv: list[str], timeout: int = 60) -> list[str]:
     return [*argv, f"--request-timeout={timeout}"]
 
 
+QUERY = ["cibadmin", "--query", "--scope", "resources"]
+CRM_MON = ["crm_mon", "-1", "--output-as=xml"]
+EPOCH_QUERY = ["cibadmin", "--query", "--no-children"]
+MARK = ["cibadmin", "--modify", "--xml-text", '<cib admin_epoch="1"/>']
+
+
 def initiator_sequence(p: dict, cib_file: str) -> list[list[str]]:
     """Every call of a first boot on the initiator when every peer is up, in order."""
-    query = ["cibadmin", "--query", "--scope", "resources"]
     commands = p["commands"]
     return [
         ["systemctl", "start", "pcsd"],
         commands["destroy"],
-        remote(commands["auth"]),
-        commands["setup"],
-        remote(commands["authkey"]),
-        remote(commands["sync"]),
-        remote(commands["auth"]),  # again, now in the cluster: pcsd copies the tokens to every node
+        commands["setup"],  # local: this node's corosync.conf, the same every node makes
         commands["start"],
-        query,
+        QUERY, CRM_MON,  # every node online here, so every node holds this cluster's key
+        QUERY,  # what the live CIB holds: nothing yet, so this is the first formation
+        remote(commands["auth"]),  # in the cluster already: pcsd copies the tokens to every node
         ["pcs", "cluster", "cib", cib_file],
         *[["pcs", "-f", cib_file, *c] for c in commands["cib"]],
         ["pcs", "cluster", "cib-push", cib_file, "--config"],
-        query,
-        ["crm_mon", "-1", "--output-as=xml"],
+        EPOCH_QUERY, MARK,
+        QUERY, CRM_MON,
     ]
+
+
+def member_sequence(p: dict) -> list[list[str]]:
+    """Every call of a first boot on a member that finds the cluster formed once it started."""
+    return [["systemctl", "start", "pcsd"], p["commands"]["destroy"], p["commands"]["setup"], p["commands"]["start"],
+            QUERY, CRM_MON]
 
 
 def assert_one_setup_one_push(node: Node) -> None:
@@ -667,7 +712,7 @@ def test_password_only_on_stdin_never_in_argv_or_log(node):
 
     assert rc == 0, run.output
     auths = [c for c in node.calls() if c["argv"][:3] == ["pcs", "host", "auth"]]
-    assert len(auths) == 4  # two failed, then the first formation's two (before and after corosync.conf)
+    assert len(auths) == 3  # two failed, then the first formation's one
     assert_secret_kept_out(node)
 
 
@@ -682,13 +727,11 @@ def test_a_slow_pcsd_is_waited_for_longer_on_each_retry(node):
     assert rc == 0, run.output
     node.assert_formed_and_done()
     timeouts = [c["argv"][-1] for c in node.calls() if c["argv"][:3] == ["pcs", "host", "auth"]]
-    assert timeouts == ["--request-timeout=60", "--request-timeout=120", "--request-timeout=240",
-                        "--request-timeout=240"]
-    assert [c["rc"] for c in node.calls() if c["argv"][:3] == ["pcs", "host", "auth"]] == [1, 1, 0, 0]
+    assert timeouts == ["--request-timeout=60", "--request-timeout=120", "--request-timeout=240"]
+    assert [c["rc"] for c in node.calls() if c["argv"][:3] == ["pcs", "host", "auth"]] == [1, 1, 0]
     assert run.output.count("Operation timed out after") == 2
     assert "requests to other nodes now wait up to 240 s" in run.output
-    for command in ("authkey", "sync"):
-        assert remote(p["commands"][command], 240) in node.argvs()
+    assert remote(p["commands"]["auth"], 240) in node.argvs()
 
 
 def test_the_request_timeout_stops_growing_at_its_cap(node):
@@ -702,23 +745,25 @@ def test_the_request_timeout_stops_growing_at_its_cap(node):
     assert timeouts == [f"--request-timeout={t}" for t in (60, 120, 240, 480, 480, 480)]
 
 
-def test_no_pcsd_is_asked_to_destroy_enable_or_start(node):
-    """The remote calls only authenticate and write files: setup is local, each node starts its own services."""
+def test_no_pcsd_is_asked_anything_but_authentication(node):
+    """The one remote call authenticates: setup is local, the key comes with the image, each node starts its own
+    services."""
     p = node.install(make_plan(example_data(), "dns-pm01"))
 
     rc, run = node.run()
 
     assert rc == 0, run.output
     remote_calls = [a for a in node.argvs() if any(arg.startswith("--request-timeout=") for arg in a)]
-    assert remote_calls == [remote(p["commands"][c]) for c in ("auth", "authkey", "sync", "auth")]
-    assert not [a for a in node.argvs() if a[:2] == ["pcs", "cluster"] and a[2] in ("start", "enable", "destroy")]
-    key = node.path("/etc/corosync/authkey")
-    assert key.stat().st_size == 256 and (key.stat().st_mode & 0o777) == 0o400
+    assert remote_calls == [remote(p["commands"]["auth"])]
+    assert not [a for a in node.argvs() if a[:2] == ["pcs", "cluster"] and a[2] in ("start", "enable", "destroy",
+                                                                                    "authkey", "sync")]
+    node.assert_formed_and_done()
 
 
-STEPS = ["systemctl start pcsd", "pcs cluster destroy", "pcs host auth", "pcs cluster setup", "pcs cluster authkey",
-         "pcs cluster sync", "systemctl enable --now", "cibadmin", "pcs cluster cib ", "pcs -f",
-         "pcs cluster cib-push", "crm_mon"]
+# In the order of a first boot ("cibadmin" and "crm_mon": their first call, the membership poll).
+STEPS = ["systemctl start pcsd", "pcs cluster destroy", "pcs cluster setup", "systemctl enable --now", "cibadmin",
+         "crm_mon", "pcs host auth", "pcs cluster cib ", "pcs -f", "pcs cluster cib-push", "cibadmin --query --no-",
+         "cibadmin --modify"]
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -760,9 +805,10 @@ def test_initiator_rerun_after_a_power_cut_at_each_step(node, step):
         assert node.plan["commands"]["destroy"] not in rerun
     if STEPS.index(step) > STEPS.index("pcs cluster setup"):  # corosync.conf was in place: kept, not made again
         assert node.plan["commands"]["setup"] not in rerun
-    if step in ("pcs cluster cib-push", "crm_mon"):  # cut after the push: the rerun only sees it formed
-        assert rerun == [["systemctl", "start", "pcsd"], ["cibadmin", "--query", "--scope", "resources"],
-                         ["crm_mon", "-1", "--output-as=xml"]]
+    if step == "pcs cluster cib-push":  # cut between the push and its mark: marked, not pushed again
+        assert MARK in rerun and not [a for a in rerun if a[:3] == ["pcs", "cluster", "cib-push"]]
+    if step == "cibadmin --modify":  # cut after everything: the rerun only sees it formed
+        assert rerun == [["systemctl", "start", "pcsd"], QUERY, CRM_MON, EPOCH_QUERY]
 
 
 def test_rerun_after_the_cluster_formed_only_marks_done(node):
@@ -775,8 +821,7 @@ def test_rerun_after_the_cluster_formed_only_marks_done(node):
     rc, run = node.run()
 
     assert rc == 0, run.output
-    assert node.argvs() == [["systemctl", "start", "pcsd"], ["cibadmin", "--query", "--scope", "resources"],
-                            ["crm_mon", "-1", "--output-as=xml"]]
+    assert node.argvs() == [["systemctl", "start", "pcsd"], QUERY, CRM_MON, EPOCH_QUERY]
     node.assert_formed_and_done()
 
 
@@ -791,12 +836,10 @@ def test_existing_cluster_is_kept_and_only_configured(node):
     argvs = node.argvs()
     assert p["commands"]["destroy"] not in argvs
     assert p["commands"]["setup"] not in argvs
-    query = ["cibadmin", "--query", "--scope", "resources"]
-    # The first query finds pacemaker stopped: not formed, so on with the pass. The files go out again (a cut
-    # may have stopped the last pass before every node had them), then this node starts.
-    assert argvs[:7] == [["systemctl", "start", "pcsd"], query, remote(p["commands"]["auth"]),
-                         remote(p["commands"]["authkey"]), remote(p["commands"]["sync"]), p["commands"]["start"],
-                         query]
+    # The first query finds pacemaker stopped: not formed, so on with the pass: this node starts, sees every node,
+    # authenticates them and configures the cluster.
+    assert argvs[:7] == [["systemctl", "start", "pcsd"], QUERY, p["commands"]["start"], QUERY, CRM_MON, QUERY,
+                         remote(p["commands"]["auth"])]
     assert "keeping it" in run.output
     node.assert_formed_and_done()
 
@@ -869,9 +912,14 @@ def test_a_node_that_stays_offline_keeps_the_initiator_waiting(node):
     node.set_state(offline=["dns-pm02"])
     run = node.start()
 
-    run.wait_for("waiting for dns-pm02 to come online")
+    line = run.wait_for("waiting for dns-pm02 to come online")
+    # Its pcsd answers: the line says why it may stay out.
+    assert "dns-pm02 answers on pcsd but is not in this node's cluster" in line
     time.sleep(0.2)
     assert not node.path(node.plan["state_dir"] + "/firstboot.done").exists()
+    # Nothing is authenticated or pushed before every node is online here.
+    assert not [a for a in node.argvs() if a[:3] == ["pcs", "host", "auth"] or a[:1] == ["cibadmin"] and "--query"
+                not in a or a[:2] == ["pcs", "cluster"] and a[2] in ("cib", "cib-push")]
     node.set_state(offline=[])
 
     assert run.finish() == 0, run.output
@@ -881,50 +929,31 @@ def test_a_node_that_stays_offline_keeps_the_initiator_waiting(node):
 
 # --- the other nodes -------------------------------------------------------------------------------------------------
 
-def test_member_destroys_the_default_cluster_then_waits_for_the_initiator(node):
+def test_member_first_boot_makes_its_own_cluster_files_and_waits_for_the_configuration(node):
     p = node.install(make_plan(example_data(), "dns-pm02"))
     assert not p["is_initiator"]
     node.debian_default_cluster()
+    node.set_state(offline=["dns-pm01"])
     run = node.start()
 
-    run.wait_for("waiting for dns-pm01 to set up cluster clst-01")
-    assert node.argvs() == [["systemctl", "start", "pcsd"], p["commands"]["destroy"]]
-    # The initiator sets the cluster up: corosync.conf arrives, pacemaker starts, dns-pm01 not yet online.
-    node.formed_cluster(resources=[], offline=("dns-pm01",))
     run.wait_for("waiting for dns-pm01 to come online")
+    assert node.argvs() == member_sequence(p)
     node.set_state(offline=[])
     run.wait_for(f"waiting for resources {', '.join(p['resources'])} to appear")
-    node.set_state(resources=p["resources"])
+    node.set_state(resources=p["resources"], admin_epoch=1)  # the initiator configured the cluster
 
     assert run.finish() == 0, run.output
     argvs = node.argvs()
-    assert argvs.count(p["commands"]["destroy"]) == 1
-    assert argvs[2] == p["commands"]["start"], "a member starts its own cluster services once the files are here"
-    assert {a[0] for a in argvs[3:]} == {"cibadmin", "crm_mon"}, "then only watches"
-    assert not node.path(p["password_file"]).exists()
-    assert node.path(p["state_dir"] + "/firstboot.done").exists()
+    assert argvs.count(p["commands"]["destroy"]) == 1 and argvs.count(p["commands"]["setup"]) == 1
+    assert argvs.count(p["commands"]["start"]) == 1
+    assert {a[0] for a in argvs[4:]} == {"cibadmin", "crm_mon"}, "then only watches"
+    assert not [a for a in argvs if a[:3] == ["pcs", "host", "auth"]], "a member needs no password"
+    node.assert_formed_and_done()
     assert "is formed" in run.lines[-1]
 
 
-def test_member_starts_only_once_the_authkey_is_here_too(node):
-    """corosync.conf without the key (the initiator's pcsd sends the key first, but a hand-made card may differ)
-    would make corosync fail: the member waits for both."""
-    p = node.install(make_plan(example_data(), "dns-pm02"))
-    node.write("/etc/corosync/corosync.conf", corosync_conf(p["cluster"], [n["name"] for n in p["nodes"]]))
-    run = node.start()
-
-    run.wait_for("waiting for dns-pm01 to set up cluster clst-01")
-    time.sleep(0.2)
-    assert p["commands"]["start"] not in node.argvs()
-    node.formed_cluster(running=False)
-
-    assert run.finish() == 0, run.output
-    assert node.argvs().count(p["commands"]["start"]) == 1
-    assert node.path(p["state_dir"] + "/firstboot.done").exists()
-
-
-def test_member_never_destroys_the_cluster_the_initiator_set_up(node):
-    """A member rebooting (or first starting) after the initiator's setup: keep, start, wait, done."""
+def test_member_never_destroys_the_cluster_it_made(node):
+    """A member rebooting after it made its corosync.conf: keep, start, wait, done."""
     p = node.install(make_plan(three_node_data(), "dns-pm03"))
     node.formed_cluster(running=False)
     node.write(p["password_file"], PASSWORD + "\n", mode=0o600)  # not rendered on members, but deleted where present
@@ -932,11 +961,9 @@ def test_member_never_destroys_the_cluster_the_initiator_set_up(node):
     rc, run = node.run()
 
     assert rc == 0, run.output
-    assert node.argvs() == [["systemctl", "start", "pcsd"], p["commands"]["start"],
-                            ["cibadmin", "--query", "--scope", "resources"], ["crm_mon", "-1", "--output-as=xml"]]
+    assert node.argvs() == [["systemctl", "start", "pcsd"], QUERY, p["commands"]["start"], QUERY, CRM_MON]
     assert "keeping it" in run.output
-    assert node.path(p["state_dir"] + "/firstboot.done").exists()
-    assert not node.path(p["password_file"]).exists()
+    node.assert_formed_and_done()
 
 
 @pytest.mark.parametrize("step, mode, destroys", [
@@ -953,8 +980,8 @@ def test_member_rerun_after_a_failure(node, step, mode, destroys):
     if mode == "kill":
         assert run.finish() == -9, run.output
         run = node.start()
-    run.wait_for("waiting for dns-pm01 to set up cluster")
-    node.formed_cluster()
+    run.wait_for("waiting for resources")
+    node.set_state(resources=p["resources"], admin_epoch=1)
 
     assert run.finish() == 0, run.output
     assert [c["injected"] for c in node.calls() if c["argv"] == p["commands"]["destroy"]] == destroys
@@ -970,6 +997,131 @@ def test_done_node_does_nothing(node):
     assert rc == 0
     assert node.calls() == []
     assert "nothing to do" in run.output
+
+
+# --- partial formation states, reflashed cards, cards of another cluster ---------------------------------------------
+
+PARTIAL_FILES = ["conf without the key", "the key without conf", "a different key", "a staged conf left by a cut"]
+
+
+@pytest.mark.parametrize("state", PARTIAL_FILES)
+@pytest.mark.parametrize("role", ["dns-pm01", "dns-pm02"])
+def test_cluster_files_left_half_made_converge(node, role, state):
+    """Whatever a cut left of this node's corosync.conf and authkey (and whatever the other node has: each node
+    makes its own), the next boot completes them without destroying what is this cluster's."""
+    p = node.install(make_plan(example_data(), role))
+    if state in ("conf without the key", "a different key"):
+        node.our_corosync_conf()
+    if state == "the key without conf":
+        node.write_bytes("/etc/corosync/authkey", AUTHKEY, 0o400)
+    if state == "a different key":  # e.g. one an older pibuild made at formation
+        node.write_bytes("/etc/corosync/authkey", b"\1" * 256, 0o400)
+    if state == "a staged conf left by a cut":
+        node.write(p["staged_corosync_conf"], "garbage from a cut {")
+    if not p["is_initiator"]:
+        node.peers_run_the_cluster()
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    argvs = node.argvs()
+    assert p["commands"]["destroy"] not in argvs
+    assert (p["commands"]["setup"] in argvs) is (state in ("the key without conf", "a staged conf left by a cut"))
+    if state != "the key without conf":
+        assert "corosync authkey as /etc/corosync/authkey" in run.output
+    assert ("replacing a different key" in run.output) is (state == "a different key")
+    assert not node.path(p["staged_corosync_conf"]).exists()
+    node.assert_formed_and_done()
+
+
+@pytest.mark.parametrize("role", ["dns-pm01", "dns-pm02"])
+def test_corosync_started_without_pacemaker_converges(node, role):
+    """A cut between corosync's start and pacemaker's: the next boot starts both (systemctl starts what is not)."""
+    p = node.install(make_plan(example_data(), role))
+    node.formed_cluster(running=False, resources=[] if p["is_initiator"] else None, admin_epoch=0)
+    node.set_state(corosync=True)
+    if not p["is_initiator"]:
+        node.peers_run_the_cluster()
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    assert node.argvs().count(p["commands"]["start"]) == 1
+    node.assert_formed_and_done()
+
+
+def test_configuration_pushed_but_not_marked_is_marked_not_pushed_again(node):
+    """A cut between the push and admin_epoch: every resource is there, the next pass marks the CIB only."""
+    p = node.install(make_plan(example_data(), "dns-pm01"))
+    node.formed_cluster(admin_epoch=0)
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    argvs = node.argvs()
+    assert not [a for a in argvs if a[:3] in (["pcs", "cluster", "cib"], ["pcs", "cluster", "cib-push"])]
+    assert argvs.count(MARK) == 1
+    assert remote(p["commands"]["auth"]) in argvs  # the password is still on the card: tokens renewed
+    node.assert_formed_and_done()
+
+
+@pytest.mark.parametrize("role", ["dns-pm01", "dns-pm02", "dns-pm03"])
+def test_a_reflashed_node_rejoins_by_itself(node, role):
+    """The card of a formed cluster's node flashed again with its image: its peers run the cluster. It makes its
+    files, starts, and Pacemaker gives it the cluster's CIB: no setup of the cluster, no push, no mark; only the
+    first node authenticates (its card carries the password again), renewing the tokens its new pcsd lacks."""
+    p = node.install(make_plan(three_node_data(), role))
+    node.debian_default_cluster()
+    node.peers_run_the_cluster()
+
+    rc, run = node.run()
+
+    assert rc == 0, run.output
+    argvs = node.argvs()
+    assert argvs[:4] == member_sequence(p)[:4]  # destroy the package's cluster, make corosync.conf, start
+    assert not [a for a in argvs if a[:3] in (["pcs", "cluster", "cib"], ["pcs", "cluster", "cib-push"])
+                or a[:2] in (["cibadmin", "--replace"], ["cibadmin", "--modify"])]
+    auths = [a for a in argvs if a[:3] == ["pcs", "host", "auth"]]
+    assert auths == ([remote(p["commands"]["auth"])] if p["is_initiator"] else [])
+    node.assert_formed_and_done()
+    assert_secret_kept_out(node)
+
+
+@pytest.mark.parametrize("role", ["dns-pm01", "dns-pm02"])
+def test_a_card_of_another_cluster_waits_and_touches_nothing(node, role):
+    """A card built for another cluster.name or node list carries another corosync key: this cluster's nodes never
+    let it in. It says so and waits; it asks no other node anything and configures nothing."""
+    p = node.install(make_plan(example_data(), role))
+    node.debian_default_cluster()
+    node.peers_run_the_cluster(key=b"\2" * 256)
+    run = node.start()
+
+    line = run.wait_for("to come online in cluster clst-01")
+    peer = "dns-pm02" if p["is_initiator"] else "dns-pm01"
+    assert f"{peer} answers on pcsd but is not in this node's cluster" in line
+    assert "another cluster.name, node list or corosync secret never joins this one" in line
+    time.sleep(0.3)  # several more polls
+
+    argvs = node.argvs()
+    assert not [a for a in argvs if any(arg.startswith("--request-timeout=") for arg in a)], "asked another node"
+    assert not [a for a in argvs if a[:2] == ["pcs", "cluster"] and a[2] in ("cib-push", "authkey", "sync")
+                or a[:2] in (["cibadmin", "--replace"], ["cibadmin", "--modify"])]
+    assert node.state()["resources"] == []
+    assert node.path(p["password_file"]).exists() is p["is_initiator"]
+    assert not node.path(p["state_dir"] + "/firstboot.done").exists()
+    assert run.proc.poll() is None, "it waits"
+    assert sum("to come online" in line for line in run.lines) == 1, "one line, not one per poll"
+
+
+def test_an_image_without_the_corosync_authkey_says_what_to_do(node):
+    p = node.install(make_plan(example_data(), "dns-pm02"))
+    node.path(p["shipped_authkey"]).unlink()
+
+    rc, run = node.run(max_attempts=1)
+
+    assert rc == 1
+    assert f"{p['shipped_authkey']} is missing" in run.output and "pibuild node dns-pm02" in run.output
+    assert p["commands"]["start"] not in node.argvs()
 
 
 # --- the unit --------------------------------------------------------------------------------------------------------

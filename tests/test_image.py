@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, loop_devices, mounts, run_pibuild
 
-from builder import cache, config
+from builder import cache, config, secrets
 from builder import image as image_mod
 
 pytestmark = [pytest.mark.image, pytest.mark.usefixtures("needs_image_tools")]
@@ -225,6 +225,36 @@ def test_hacluster_password_and_login_user(build):
                 assert secret.read_text().strip() == password and secret.stat().st_mode & 0o777 == 0o600
             else:
                 assert not secret.exists(), "only the initiator needs the plaintext"
+
+
+def test_every_node_carries_the_cluster_key_and_makes_the_same_corosync_conf(build):
+    """What lets a reflashed card rejoin by itself: every image holds the cluster's corosync authkey (0400, the key
+    derived from secrets/corosync-key), and each image's own pcs, running the plan's local `pcs cluster setup`,
+    makes the same corosync.conf byte for byte (no random cluster_uuid), so no node needs another to hand it one."""
+    cluster = config.load(build["dir"] / "cluster.yaml")
+    secret = build["dir"] / "secrets/corosync-key"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    expected = secrets.corosync_authkey(secret, cluster.name, [(n.name, n.address) for n in cluster.nodes])
+    made = {}
+    for node in NODES:
+        with rootfs(image(build, node)) as root, pcs_sandbox(root):
+            key = root / "etc/pibuild/corosync-authkey"
+            assert key.read_bytes() == expected and key.stat().st_mode & 0o777 == 0o400
+            assert key.stat().st_uid == 0
+            setup = json.loads((root / "etc/pibuild/firstboot.json").read_text())["commands"]["setup"]
+            i = setup.index("--corosync_conf")
+            setup[i + 1] = "/tmp/corosync.conf"  # the root is mounted read-only here
+            proc = subprocess.run(["chroot", str(root), *setup], capture_output=True, text=True, timeout=600,
+                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            made[node] = (root / "tmp/corosync.conf").read_text()
+    assert made["dns-pm01"] == made["dns-pm02"]
+    conf = made["dns-pm01"]
+    assert "cluster_uuid" not in conf
+    assert "cluster_name: clst-64" in conf and "token: 1000" in conf
+    assert "crypto_cipher: aes256" in conf, "knet with crypto: the authkey is what admits a node"
+    assert [line.split(":")[1].strip() for line in conf.splitlines() if line.strip().startswith("name:")] == \
+        list(NODES)
 
 
 def test_machine_id_is_the_bases(build):

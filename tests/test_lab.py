@@ -136,10 +136,30 @@ def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
 
 
 def test_every_scenario_is_offered_and_knows_both_halves():
-    assert list(lab.SCENARIOS) == ["named-stop", "named-freeze", "node-poweroff", "link-down"]
+    assert lab.DEFAULT_SCENARIOS == ["named-stop", "named-freeze", "node-poweroff", "node-replace", "link-down"]
+    moments = ["setup", "start", "auth", "push", "mark"]
+    assert list(lab.SCENARIOS) == lab.DEFAULT_SCENARIOS + ["formation-powercut"] + [
+        f"formation-powercut-{m}" for m in moments]
     for name, scenario in lab.SCENARIOS.items():
         assert scenario.name == name
-        assert type(scenario).event is not lab.Scenario.event and type(scenario).recover is not lab.Scenario.recover
+        # Either both halves of "break, fail over, repair, fail back", or a course of its own.
+        kind = type(scenario)
+        halves = kind.event is not lab.Scenario.event and kind.recover is not lab.Scenario.recover
+        assert halves or kind.run is not lab.Scenario.run, name
+
+
+def test_rejoin_table_shows_the_new_cards_figures_and_what_was_left():
+    row = {"scenario": "node-replace", "settings": "config", "node": "dns-pm01", "boot_s": 61.2, "rejoin_s": 95.0,
+           "firstboot_done_s": 140.4, "vip_home_after_rejoin_s": None, "secrets_left_on_card": [],
+           "rejoin_glibc_defaults_failed": 0, "rejoin_glibc_recommended_failed": 2,
+           "rejoin_glibc_defaults_worst_s": 0.02, "rejoin_glibc_recommended_worst_s": 1.5}
+    other = {"scenario": "named-stop", "settings": "config"}
+    text = lab.rejoin_table([other, row, {**row, "vip": "second VIP's row, same figures"}])
+    head, line = text.splitlines()
+    assert "node-replace" in head and "dns-pm01" in line
+    assert line.split()[2:6] == ["61s", "95s", "140s", "stayed"]
+    assert line.split()[6:] == ["2", "1.50s", "none"]
+    assert lab.rejoin_table([other]) == ""
 
 
 # ---- lab tier: the whole cluster in QEMU ---------------------------------------------------------------------
@@ -234,6 +254,47 @@ def test_drills_named_stop_and_node_poweroff_recover(lab_up):
     for r in rows:
         assert r["recovered"], r
         assert set(r) >= {"scenario", "vip", "outage_s", "recovered"}
+        # The lab's glibc clients (issue 16): no lookup failed, and none took longer than a working failover
+        # allows (CLIENT_CEILINGS).
+        for client in ("defaults", "recommended"):
+            assert r[f"glibc_{client}_lookups"] > 0 and r[f"glibc_{client}_failed"] == 0, r
+        ceilings = CLIENT_CEILINGS[r["scenario"]]
+        assert r["glibc_defaults_worst_s"] < ceilings[0] and r["glibc_recommended_worst_s"] < ceilings[1], r
+
+
+REJOIN_CEILING_S = 300
+
+
+@pytest.mark.lab
+def test_node_replace_the_first_node_rejoins_by_itself(lab_up):
+    """Issue 17: the first node (the initiator, whose card carries the password) gets a new card with the same
+    image; its firstboot must rejoin the running cluster with no one's help while the other node serves."""
+    proc = pibuild("lab", "drill", "--scenario", "node-replace", "--json", cwd=lab_up, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = json.loads(proc.stdout)
+    print(lab.rejoin_table(rows))
+    assert {r["vip"] for r in rows} == {"192.168.100.11", "192.168.100.12"}
+    for r in rows:
+        assert r["node"] == "dns-pm01" and r["recovered"], r
+        # Online within the new card's boot plus REJOIN_CEILING_S: issue 17's target is 3 min (measured 156 s on a
+        # quiet host, README); the ceiling leaves a loaded CI host room, and a rejoin that waited on pcsd's 60 s
+        # request timeouts (a pass failed, retried with 120 s) or on a human would still cross it.
+        assert r["rejoin_s"] is not None and r["rejoin_s"] - r["boot_s"] <= REJOIN_CEILING_S, r
+        assert r["firstboot_done_s"] is not None, r
+        assert r["secrets_left_on_card"] == [], r   # the plaintext and the image's authkey copy gone again
+        # A node's loss is not a failure of its VIP: under either failback policy it comes home once the new card
+        # runs BIND (by a migration: the address is on a node throughout).
+        assert r["vip_home_after_rejoin_s"] is not None, r
+        for client in ("defaults", "recommended"):
+            assert r[f"rejoin_glibc_{client}_lookups"] > 0 and r[f"rejoin_glibc_{client}_failed"] == 0, r
+
+
+# Worst glibc lookup allowed per scenario: (glibc defaults, recommended options timeout:1 attempts:3). named-stop
+# migrates the address while BIND still answers, so no lookup waits for a silent server; a gap in the move (the
+# address on no node for a moment) costs the lookups that meet it glibc's whole 5 s timeout. node-poweroff: a
+# lookup meets the dead node's silence once, one timeout, then the other VIP answers; twice that would mean the
+# other VIP was silent too. The recommended options cap a silence at their 1 s timeout; without them, 5 s.
+CLIENT_CEILINGS = {"named-stop": (2.5, 2.5), "node-poweroff": (5.0 + 2.5, 1.0 + 1.5)}
 
 
 FAKE_DNS = """

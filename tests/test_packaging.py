@@ -1,8 +1,8 @@
 """`pip install .` (not editable) into a fresh venv gives a working `pibuild` with its data directories.
 
-stages/, overlays/, firstboot/, examples/ and bases/ must ship inside the wheel: `pipx install .` must work, not only a
-checkout. These tests install from the checkout this file is in; pip fetches hatchling and the dependencies from
-PyPI (about 30-60 s).
+stages/, overlays/, firstboot/, clients/, examples/ and bases/ must ship inside the wheel: `pipx install .` must work,
+not only a checkout. These tests install from the checkout this file is in; pip fetches hatchling and the
+dependencies from PyPI (about 30-60 s).
 """
 
 import ast
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VERBS = ["validate", "render", "node", "all", "flash", "smoke", "lab", "pigen"]
-DATA_DIRS = ["stages", "overlays", "firstboot", "examples", "bases"]
+VERBS = ["validate", "render", "node", "all", "flash", "smoke", "lab", "pigen", "clients"]
+DATA_DIRS = ["stages", "overlays", "firstboot", "clients", "examples", "bases"]
 NAMED2 = "usr/lib/ocf/resource.d/pibuild/named2"
 
 
@@ -144,6 +144,8 @@ def test_render_from_the_installed_wheel(venv, site_builder, tmp_path):
     assert (tree / "usr/lib/pibuild/pibuild-firstboot").is_file()
     assert (tree / "etc/systemd/system/pibuild-firstboot.service").is_file()
     assert (tree / "etc/hostname").read_text() == "dns-pm01\n"
+    clients = run([venv / "bin" / "pibuild", "clients", "--only", "resolv.conf"], cwd=tmp_path)
+    assert clients.returncode == 0 and "nameserver 192.168.100.11\n" in clients.stdout, clients.stderr
     # The secret is created in the current directory, never inside the installation.
     secret = tmp_path / "secrets" / "hacluster"
     assert secret.is_file()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import config, plan, render
+from builder import config, plan, render, secrets
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -41,6 +41,7 @@ FIRSTBOOT_UNIT = "etc/systemd/system/pibuild-firstboot.service"
 FIRSTBOOT_LINK = "etc/systemd/system/multi-user.target.wants/pibuild-firstboot.service"
 FIRSTBOOT_JSON = "etc/pibuild/firstboot.json"
 SECRET = "etc/pibuild/hacluster-password"
+AUTHKEY = "etc/pibuild/corosync-authkey"
 PCSD_DEFAULTS = "etc/default/pcsd"
 
 # `pcs cluster destroy` asks for confirmation from pcs 0.11 on: --force there, --yes from 0.12.
@@ -80,11 +81,11 @@ CLONE_CIB = [
     ["resource", "create", "named-monitor", "ocf:pibuild:named2", "monitor_request=localhost", "named_user=bind",
      "named=/usr/sbin/named", "query_timeout=3", "op", "monitor", "interval=2s", "timeout=20s", "clone"],
     ["resource", "create", "rs-vip-1", "ocf:pibuild:vip", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
-     "op", "monitor", "interval=10s"],
+     "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
     ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-1", "kind=Optional"],
     ["resource", "create", "rs-vip-2", "ocf:pibuild:vip", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
-     "op", "monitor", "interval=10s"],
+     "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
     ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "INFINITY"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-2", "kind=Optional"],
     ["constraint", "location", "rs-vip-1", "prefers", "dns-pm01=200", "dns-pm02=100"],
@@ -162,6 +163,7 @@ def test_the_files_each_node_receives(rendered):
             assert NM_KEYFILE in files and DHCPCD not in files
         assert (CLOUD_INIT in files) == (rendered.release == "trixie")
         assert (SECRET in files) == (node == "dns-pm01")
+        assert AUTHKEY in files
         assert not any(f.endswith(".j2") for f in files)
         # the listing on stdout names every file written
         for f in files:
@@ -177,7 +179,7 @@ def test_modes(rendered):
             path = tree / f
             if path.is_symlink():
                 continue
-            want = 0o600 if f in private else 0o755 if f in executable else 0o644
+            want = 0o400 if f == AUTHKEY else 0o600 if f in private else 0o755 if f in executable else 0o644
             assert mode(path) == want, f"{f}: {mode(path):04o}, want {want:04o}"
 
 
@@ -435,8 +437,11 @@ def test_firstboot_plan_forms_the_example_cluster(rendered):
         # Local mode: the live setup's remote destroy, enable and start waited on pcs's fixed 60 s (issue 14).
         assert commands["setup"][-3:] == ["--corosync_conf", p["staged_corosync_conf"], "--overwrite"]
         assert not {"--start", "--enable"} & set(commands["setup"])
-        assert commands["authkey"] == ["pcs", "cluster", "authkey", "corosync", "/etc/corosync/authkey"]
-        assert commands["sync"] == ["pcs", "cluster", "sync"]
+        # Every node makes its own corosync.conf: the same command everywhere, and no random cluster UUID where
+        # pcs would write one (0.11.5 on; 0.10 has no such option).
+        assert ("--no-cluster-uuid" in commands["setup"]) is (rendered.release != "bullseye")
+        assert "authkey" not in commands and "sync" not in commands, "no node hands another its cluster files"
+        assert p["shipped_authkey"] == "/etc/pibuild/corosync-authkey"
         assert commands["start"] == ["systemctl", "enable", "--now", "corosync.service", "pacemaker.service"]
         assert commands["cib"] == CLONE_CIB
 
@@ -544,6 +549,63 @@ def test_bundled_example_puts_the_secret_in_the_current_directory(tmp_path):
     assert mode(secret) == 0o600
     assert (tmp_path / "tree" / HOSTNAME).read_text() == "dns-pm02\n"
     assert not (REPO / "examples" / "secrets").exists()
+
+
+# --- the corosync key -------------------------------------------------------------------------------------------
+
+def test_every_node_carries_the_same_corosync_authkey(rendered):
+    """Derived from the 0600 secret beside the config, the cluster's name and its node list: the same bytes on
+    every node, 0400, and not the secret itself."""
+    secret = rendered.dir / "secrets" / "corosync-key"
+    assert mode(secret) == 0o600
+    keys = {(tree / AUTHKEY).read_bytes() for tree in rendered.trees.values()}
+    assert len(keys) == 1
+    (key,) = keys
+    assert len(key) == 256
+    assert bytes.fromhex(secret.read_text().strip()) not in key
+    for node, tree in rendered.trees.items():
+        assert key.hex() not in rendered.stdout[node]
+        for f in tree_files(tree) - {AUTHKEY}:
+            if not (tree / f).is_symlink():
+                assert key not in (tree / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("change", ["name", "address", "node name", "node order", "secret"])
+def test_another_cluster_gets_another_corosync_authkey(tmp_path, change):
+    """A card built for another cluster.name or node list, or with another secret, holds a key this cluster's
+    corosync never accepts; the same config and secret give the same key (a rebuilt card rejoins)."""
+    secret = tmp_path / "corosync-key"
+    nodes = [("dns-pm01", "192.168.100.1"), ("dns-pm02", "192.168.100.2")]
+    key = secrets.corosync_authkey(secret, "clst-01", nodes)
+    assert mode(secret) == 0o600
+    assert secrets.corosync_authkey(secret, "clst-01", list(nodes)) == key
+    name, other = "clst-01", list(nodes)
+    if change == "name":
+        name = "clst-02"
+    elif change == "address":
+        other[1] = ("dns-pm02", "192.168.100.3")
+    elif change == "node name":
+        other[1] = ("dns-pm03", "192.168.100.2")
+    elif change == "node order":
+        other.reverse()
+    else:
+        secret = tmp_path / "another-key"
+    assert secrets.corosync_authkey(secret, name, other) != key
+
+
+@pytest.mark.parametrize("content, bad_mode", [("ab" * 64 + "\n", 0o644), ("not hex\n", 0o600), ("abcd\n", 0o600)])
+def test_a_bad_corosync_secret_is_refused(tmp_path, content, bad_mode):
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(yaml.safe_dump(example_data(), sort_keys=False))
+    secret = tmp_path / "secrets" / "corosync-key"
+    secret.parent.mkdir()
+    secret.write_text(content)
+    secret.chmod(bad_mode)
+    proc = pibuild("-c", cfg, "render", "dns-pm02", "-o", tmp_path / "tree", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "secrets.corosync_key_file" in proc.stderr and str(secret) in proc.stderr
+    assert ("chmod 600" in proc.stderr) is (bad_mode != 0o600)
 
 
 # --- other config ----------------------------------------------------------------------------------------------

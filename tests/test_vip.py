@@ -258,3 +258,74 @@ def test_ocf_tester_passes(lan):
         assert "passed all tests" in p.stdout
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def two_nodes():
+    """Two nodes and a client on one bridge (in the client's namespace), as a LAN with two Pis: node i's interface
+    is "lan0" with 10.77.0.i/24; the client (10.77.0.254) accepts unsolicited ARP as a switch's hosts learn."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    _need("ip")
+    n = next(_numbers)
+    nodes = [f"pibuild-vipm{i}-{os.getpid()}-{n}" for i in (1, 2)]
+    client = f"pibuild-vipmc-{os.getpid()}-{n}"
+    rsctmps = [Path(tempfile.mkdtemp(prefix="pibuild-vip-")) for _ in nodes]
+    made = []
+    try:
+        for ns in (*nodes, client):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", client, "link", "add", "br0", "type", "bridge", "forward_delay", "0"], check=True)
+        subprocess.run(["ip", "-n", client, "addr", "add", "10.77.0.254/24", "dev", "br0"], check=True)
+        subprocess.run(["ip", "-n", client, "link", "set", "br0", "up"], check=True)
+        for i, ns in enumerate(nodes, 1):
+            subprocess.run(["ip", "-n", ns, "link", "add", "lan0", "type", "veth", "peer", "name", f"port{i}",
+                            "netns", client], check=True)
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"10.77.0.{i}/24", "dev", "lan0"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lan0", "up"], check=True)
+            subprocess.run(["ip", "-n", client, "link", "set", f"port{i}", "master", "br0", "up"], check=True)
+        subprocess.run(["ip", "netns", "exec", client, "sysctl", "-qw", "net.ipv4.conf.br0.arp_accept=1"], check=True)
+        yield [Lan(ns, client, rsctmp) for ns, rsctmp in zip(nodes, rsctmps, strict=True)]
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "delete", ns], check=False)
+        for rsctmp in rsctmps:
+            shutil.rmtree(rsctmp, ignore_errors=True)
+
+
+def _client_reaches(lan: Lan, mac: str, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while mac not in lan.client_neighbour() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return mac in lan.client_neighbour()
+
+
+@pytest.mark.netns
+def test_a_migration_overlaps_the_address_is_never_on_no_node(two_nodes):
+    """Pacemaker's order for allow-migrate: migrate_to on the old node, migrate_from on the new one, stop on the old
+    one. The address stays on the old node until the new one holds it and announced it."""
+    old, new = two_nodes
+    assert old.agent("start").returncode == OCF_SUCCESS
+    assert _client_reaches(old, old.node_mac())
+    assert _gone_within(_announcer_pid(old), 5)   # long done when a move comes
+    r = old.agent("migrate_to", OCF_RESKEY_CRM_meta_migrate_target="new")
+    assert r.returncode == OCF_SUCCESS, r.stderr
+    assert f" inet {VIP}/24 " in old.addresses() and old.agent("monitor").returncode == OCF_SUCCESS
+    r = new.agent("migrate_from", OCF_RESKEY_CRM_meta_migrate_source="old")
+    assert r.returncode == OCF_SUCCESS, r.stderr
+    assert f" inet {VIP}/24 " in new.addresses() and f" inet {VIP}/24 " in old.addresses()
+    # The new node's gratuitous ARP moved the client while the old node still had the address.
+    assert _client_reaches(new, new.node_mac())
+    assert old.agent("stop").returncode == OCF_SUCCESS
+    assert VIP not in old.addresses() and new.agent("monitor").returncode == OCF_SUCCESS
+    assert new.node_mac() in new.client_neighbour()
+    assert new.agent("stop").returncode == OCF_SUCCESS
+
+
+def test_meta_data_offers_migration():
+    env = {"PATH": PATH, "OCF_ROOT": str(OCF_ROOT), "HA_RSCTMP": "/tmp"}
+    r = subprocess.run([str(AGENT), "meta-data"], env=env, capture_output=True, text=True)
+    actions = {a.get("name") for a in ET.fromstring(r.stdout).iter("action")}
+    assert {"migrate_to", "migrate_from"} <= actions

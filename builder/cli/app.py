@@ -7,7 +7,7 @@ import sys
 import click
 
 from builder import __version__, progress, tools
-from builder.cli import build, flash, lab, output, pigen, smoke, validate
+from builder.cli import build, clients, flash, lab, output, pigen, smoke, validate
 from builder.errors import PibuildError
 
 
@@ -43,7 +43,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 for _command in (validate.validate, validate.render, build.node, build.all_nodes, flash.flash, smoke.smoke,
-                 lab.lab, pigen.pigen):
+                 lab.lab, pigen.pigen, clients.clients):
     cli.add_command(_command)
 
 

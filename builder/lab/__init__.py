@@ -17,12 +17,12 @@ The names below are the lab's face for the command line, bench/ and the tests.
 """
 
 from builder.lab.crm import ClusterState, parse_crm_mon
-from builder.lab.drills import SCENARIOS, Scenario, drill
-from builder.lab.report import table
+from builder.lab.drills import DEFAULT_SCENARIOS, SCENARIOS, Scenario, drill
+from builder.lab.report import rejoin_table, table
 from builder.lab.settings import REACTION_KEYS, Settings, seed_settings, settings_of
 from builder.lab.state import Lab, lab_for
 from builder.lab.updown import LabExists, Status, check_host, down, require_up, status, up
 
-__all__ = ["ClusterState", "Lab", "LabExists", "REACTION_KEYS", "SCENARIOS", "Scenario", "Settings",
-           "Status", "check_host", "down", "drill", "lab_for", "parse_crm_mon", "require_up", "seed_settings",
-           "settings_of", "status", "table", "up"]
+__all__ = ["DEFAULT_SCENARIOS", "ClusterState", "Lab", "LabExists", "REACTION_KEYS", "SCENARIOS", "Scenario",
+           "Settings", "Status", "check_host", "down", "drill", "lab_for", "parse_crm_mon", "rejoin_table",
+           "require_up", "seed_settings", "settings_of", "status", "table", "up"]

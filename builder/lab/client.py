@@ -1,4 +1,5 @@
-"""The client on the lab's LAN: builder.probe run inside the namespace, querying every VIP."""
+"""The clients on the lab's LAN, inside the namespace: builder.probe querying every VIP (raw DNS), and two glibc
+resolvers looking a name up through the VIPs (builder.lookups)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import contextlib
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from builder import netns, probe, tools
+from builder import lookups, netns, probe, tools
 from builder.lab.state import Lab
 
 
@@ -52,3 +54,41 @@ def prober_pid(lab: Lab) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if tools.pid_alive(pid) else None
+
+
+# Two lookups a second per glibc client (four queries: A and AAAA): on emulated nodes of a loaded host, five a
+# second on top of the raw probe's twenty queries made BIND miss named2's monitor, and the cluster stopped it.
+GLIBC_INTERVAL_S = 0.5
+
+
+@contextlib.contextmanager
+def glibc_clients(lab: Lab, interval: float = GLIBC_INTERVAL_S):
+    """Both glibc clients (glibc's defaults, the recommended options) looking names up for as long as the block
+    runs; yields client name -> the JSON-lines file of its lookups. `lab down` ends them with the namespace's
+    other processes."""
+    procs, files = [], {}
+    try:
+        for name, text in lookups.client_configs(lab.cluster).items():
+            conf = lab.dir / f"resolv.{name}"
+            conf.write_text(text)
+            files[name] = lab.dir / f"lookups-{name}-{int(time.time())}.jsonl"
+            with open(files[name], "w") as out:
+                procs.append(subprocess.Popen(
+                    netns.exec_argv(lab.ns, [sys.executable, "-m", "builder.lookups", "--resolv-conf", str(conf),
+                                             "--interval", str(interval)]),
+                    stdout=out, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)
+        yield files
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(lookups.DRAIN_S + 5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def glibc_figures(files: dict[str, Path], since: float, until: float | None) -> dict:
+    return lookups.figures(files, since, until) if files else {}

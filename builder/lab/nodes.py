@@ -33,6 +33,18 @@ def prepare_vm(lab: Lab, node: LabNode, image: Path) -> None:
                  detached=qemu.Detached(serial=node.serial, qmp=node.qmp, pidfile=node.pidfile))
     vm.prepare()
     node.argv_file.write_text(json.dumps(vm.argv))
+    node.image_file.write_text(str(image.resolve()))
+
+
+def new_card(lab: Lab, node: LabNode) -> None:
+    """The node's card replaced by a freshly flashed one: its overlay (everything the node wrote) thrown away and
+    made again from the same image. The node must be powered off."""
+    if vm_pid(node) is not None:
+        raise PibuildError(f"{node.name}: power it off before replacing its card")
+    image = Path(node.image_file.read_text())
+    for overlay in node.dir.glob("*.qcow2"):
+        overlay.unlink()
+    prepare_vm(lab, node, image)
 
 
 def start_vm(lab: Lab, node: LabNode) -> None:

@@ -43,6 +43,11 @@ class LabNode:
     def argv_file(self) -> Path:
         return self.dir / "qemu.argv.json"
 
+    @property
+    def image_file(self) -> Path:
+        """Names the image the node boots (a new card is that image again)."""
+        return self.dir / "image.path"
+
 
 @dataclass(frozen=True)
 class Lab:
