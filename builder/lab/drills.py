@@ -31,7 +31,9 @@ from builder.lab.crm import ClusterState, cluster_state, healthy
 from builder.lab.nodes import (
     BOOT_TIMEOUT,
     NodeConsole,
+    boot,
     consoles,
+    log_size,
     new_card,
     power_off,
     start_vm,
@@ -111,6 +113,16 @@ class Drill:
             if state and node in state.online:
                 return True
             time.sleep(2)
+        return False
+
+    def wait_firstboot_done(self, node: str, timeout: float) -> bool:
+        """Until `node`'s firstboot wrote its done mark (a new card rejoined or a cluster formed)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.cons[node].run(f"test -e {plan.DONE_PATH}", timeout=60)[0] == 0:
+                return True
+            time.sleep(3)
+        progress.say(f"{node}: firstboot not done within {timeout:.0f} s (`journalctl -u pibuild-firstboot`)")
         return False
 
     def make_healthy(self, timeout: float) -> bool:
@@ -218,9 +230,7 @@ class NodePoweroff(Scenario):
         power_off(node)
 
     def recover(self, d: Drill, node: LabNode) -> None:
-        mark = node.log.stat().st_size if node.log.exists() else 0
-        start_vm(d.lab, node)
-        wait_login_prompt(node, mark, BOOT_TIMEOUT)
+        boot(d.lab, node)
         d.cons[node.name] = NodeConsole(node)
 
 
@@ -244,10 +254,8 @@ class NodeReplace(Scenario):
         power_off(node)
         d.wait_settled(event, FAILOVER_TIMEOUT, f"{self.name}: failover")
         new_card(d.lab, node)
-        mark = node.log.stat().st_size if node.log.exists() else 0
         recovery = time.time()
-        start_vm(d.lab, node)
-        wait_login_prompt(node, mark, BOOT_TIMEOUT)
+        boot(d.lab, node)
         booted = time.time()
         progress.say(f"{self.name}: the new card booted to the login prompt in {booted - recovery:.0f} s")
         d.cons[target] = NodeConsole(node)
@@ -255,7 +263,7 @@ class NodeReplace(Scenario):
         rejoined = time.time()
         progress.say(f"{self.name}: {target} {'online' if ok else 'NOT online'} in the cluster "
                      f"{rejoined - recovery:.0f} s after power-on")
-        done = ok and self.wait_firstboot_done(d, target, RECOVERY_TIMEOUT)
+        done = ok and d.wait_firstboot_done(target, RECOVERY_TIMEOUT)
         finished = time.time()
         home_s = self.wait_home(d, target, vip.name, rejoined) if ok else None
         left = d.cons[target].run(f"ls {plan.PASSWORD_PATH} {plan.SHIPPED_AUTHKEY} 2>/dev/null", timeout=60)[1]
@@ -274,17 +282,6 @@ class NodeReplace(Scenario):
             **{f"rejoin_{k}": v for k, v in glibc_figures(d.glibc, recovery, end).items()},
         }
         return d.rows(self.name, target, event, recovery, ok and done and healthy_again, measured)
-
-    @staticmethod
-    def wait_firstboot_done(d: Drill, target: str, timeout: float) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            rc, _ = d.cons[target].run(f"test -e {plan.DONE_PATH}", timeout=60)
-            if rc == 0:
-                return True
-            time.sleep(3)
-        progress.say(f"{target}: firstboot not done within {timeout:.0f} s (`journalctl -u pibuild-firstboot`)")
-        return False
 
     def wait_home(self, d: Drill, target: str, vip: str, since: float) -> float | None:
         """Seconds from the rejoin until `vip` ran on `target` again by itself; None if it stayed away."""
@@ -330,7 +327,7 @@ class FormationPowercut(Scenario):
         for node in d.lab.nodes:
             power_off(node)
             new_card(d.lab, node)
-            marks[node.name] = node.log.stat().st_size if node.log.exists() else 0
+            marks[node.name] = log_size(node)
         start = time.time()
         for node in d.lab.nodes:
             start_vm(d.lab, node)
@@ -343,11 +340,9 @@ class FormationPowercut(Scenario):
         power_off(initiator)
         progress.say(f"{self.name}: {initiator.name} " + (f"reached '{moment}'; power cut {cut - start:.0f} s after "
                      "power-on" if reached else f"never reached '{moment}'; power cut anyway"))
-        mark = initiator.log.stat().st_size
-        start_vm(d.lab, initiator)
-        wait_login_prompt(initiator, mark, BOOT_TIMEOUT)
+        boot(d.lab, initiator)
         d.cons[initiator.name] = NodeConsole(initiator)
-        formed = all(NodeReplace.wait_firstboot_done(d, n.name, FORMATION_TIMEOUT) for n in d.lab.nodes)
+        formed = all(d.wait_firstboot_done(n.name, FORMATION_TIMEOUT) for n in d.lab.nodes)
         formed_at = time.time()
         ok = formed and d.wait_healthy(RECOVERY_TIMEOUT, time.time())
         progress.say(f"{self.name}: {'formed' if ok else 'NOT formed'} {formed_at - start:.0f} s after power-on")

@@ -85,6 +85,18 @@ def power_off(node: LabNode) -> None:
             time.sleep(0.05)
 
 
+def log_size(node: LabNode) -> int:
+    """Where the serial log ends now: a boot after this counts only what the log gains."""
+    return node.log.stat().st_size if node.log.exists() else 0
+
+
+def boot(lab: Lab, node: LabNode) -> None:
+    """Power a stopped node on and wait for its login prompt."""
+    mark = log_size(node)
+    start_vm(lab, node)
+    wait_login_prompt(node, mark, BOOT_TIMEOUT)
+
+
 def wait_login_prompt(node: LabNode, offset: int, timeout: float) -> None:
     """Until the serial log shows a login prompt after byte `offset` (a node booting again)."""
     deadline = time.monotonic() + timeout
