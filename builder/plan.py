@@ -114,6 +114,7 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
         "staged_corosync_conf": STAGED_COROSYNC_CONF,
         "shipped_authkey": SHIPPED_AUTHKEY,
         "state_dir": STATE_DIR,
+        "done_file": DONE_PATH,
         "pcs_version": release.pcs.version,
         "commands": {
             "destroy": ["pcs", "cluster", "destroy", *release.pcs.destroy_confirm],

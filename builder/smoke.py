@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -26,7 +27,7 @@ from builder.errors import NeedsRoot, PibuildError
 
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
 # its login prompt at ~35 s and every unit up at ~75 s; the budget leaves room for a busy CI machine.
-DEFAULT_TIMEOUT = {"tcg": 600.0, "kvm": 240.0}
+DEFAULT_TIMEOUT = {"tcg": 900.0, "kvm": 300.0}
 # How long one check keeps polling for its condition once the boot finished (a bounded part of the budget).
 POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 90.0}
 CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
@@ -208,11 +209,12 @@ class _Run:
             self.add("firstboot", False, "/etc/pibuild/firstboot.json is missing: not a pibuild node image")
             return
         # Wait in the guest, for free: `journalctl -f` is woken by new entries, and awk stops at the first line that
-        # says the script waits for its peers (a lone node never gets further). Failed passes are printed on the way.
+        # says the script waits for a peer (a lone node never gets further; the waits for its own pcsd, corosync.conf
+        # or pacemaker come before it). Failed passes are printed on the way.
         # Process substitution: the shell does not wait for journalctl, which `timeout` ends.
         limit = int(max(10.0, self.left() - 45))
         _, journal = self.sh(
-            "awk '/^failed:/ {print; fflush()} /^waiting for / && !/the local pcsd/ {print; exit}' "
+            f"awk {shlex.quote(firstboot_awk(node.plan))} "
             f"< <(timeout {limit} journalctl -b -u {FIRSTBOOT_UNIT} -o cat -n all -f)", timeout=limit + 30)
         _, out = self.sh(f"systemctl show -p LoadState -p ActiveState -p SubState {FIRSTBOOT_UNIT}; "
                          f"test -e {plan.DONE_PATH} && echo Done=yes")
@@ -251,13 +253,16 @@ def _props(out: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line and " " not in line)
 
 
-def _firstboot_lines(out: str) -> list[str]:
-    """firstboot's progress and failure lines: `waiting for …` about the peers or the cluster, `failed: …`.
+def firstboot_awk(plan: dict) -> str:
+    """An awk program over firstboot's journal: print each failed pass, and stop at the first wait for a peer.
+    Node names are hostnames: letters, digits and hyphens, nothing a regex treats specially."""
+    peers = "|".join(n["name"] for n in plan["nodes"] if n["name"] != plan["node"])
+    return f"/^failed:/ {{print; fflush()}} /^waiting for ({peers})[ ,]/ {{print; exit}}"
 
-    The transient wait for the local pcsd is left out: it is not the waiting a lone node ends in.
-    """
-    return [line for line in out.splitlines()
-            if line.startswith("failed:") or (line.startswith("waiting for ") and "the local pcsd" not in line)]
+
+def _firstboot_lines(out: str) -> list[str]:
+    """firstboot's failure lines and its wait for a peer, as the awk in check_firstboot printed them."""
+    return [line for line in out.splitlines() if line.startswith(("failed:", "waiting for "))]
 
 
 def _active(rc: int, out: str) -> bool | None:

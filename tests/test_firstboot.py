@@ -538,7 +538,7 @@ class Node:
 
     def assert_formed_and_done(self) -> None:
         state = self.state()
-        assert self.path(self.plan["state_dir"] + "/firstboot.done").exists()
+        assert self.path(self.plan["done_file"]).exists()
         assert not self.path(self.plan["password_file"]).exists()
         assert not Path(self.cib_file).exists()
         assert not self.path(self.plan["shipped_authkey"]).exists(), "the image's copy of the key stays behind"
@@ -791,7 +791,7 @@ def test_initiator_rerun_after_a_power_cut_at_each_step(node, step):
 
     rc, first = node.run()
     assert rc == -9, first.output
-    assert not node.path(node.plan["state_dir"] + "/firstboot.done").exists()
+    assert not node.path(node.plan["done_file"]).exists()
     before = len(node.calls())
 
     rc, second = node.run()
@@ -854,7 +854,7 @@ def test_hand_edited_cib_is_not_touched(node):
     assert "changed by hand" in run.output
     assert not any(a[:2] == ["pcs", "-f"] or a[:3] == ["pcs", "cluster", "cib-push"] for a in node.argvs())
     assert node.path(p["password_file"]).exists()
-    assert not node.path(p["state_dir"] + "/firstboot.done").exists()
+    assert not node.path(p["done_file"]).exists()
 
 
 @pytest.mark.parametrize("leftover, destroyed", [("cib", True), ("nothing", False)])
@@ -916,7 +916,7 @@ def test_a_node_that_stays_offline_keeps_the_initiator_waiting(node):
     # Its pcsd answers: the line says why it may stay out.
     assert "dns-pm02 answers on pcsd but is not in this node's cluster" in line
     time.sleep(0.2)
-    assert not node.path(node.plan["state_dir"] + "/firstboot.done").exists()
+    assert not node.path(node.plan["done_file"]).exists()
     # Nothing is authenticated or pushed before every node is online here.
     assert not [a for a in node.argvs() if a[:3] == ["pcs", "host", "auth"] or a[:1] == ["cibadmin"] and "--query"
                 not in a or a[:2] == ["pcs", "cluster"] and a[2] in ("cib", "cib-push")]
@@ -985,12 +985,12 @@ def test_member_rerun_after_a_failure(node, step, mode, destroys):
 
     assert run.finish() == 0, run.output
     assert [c["injected"] for c in node.calls() if c["argv"] == p["commands"]["destroy"]] == destroys
-    assert node.path(p["state_dir"] + "/firstboot.done").exists()
+    assert node.path(p["done_file"]).exists()
 
 
 def test_done_node_does_nothing(node):
     p = node.install(make_plan(example_data(), "dns-pm01"))
-    node.write(p["state_dir"] + "/firstboot.done", "done\n")
+    node.write(p["done_file"], "done\n")
 
     rc, run = node.run()
 
@@ -1108,7 +1108,7 @@ def test_a_card_of_another_cluster_waits_and_touches_nothing(node, role):
                 or a[:2] in (["cibadmin", "--replace"], ["cibadmin", "--modify"])]
     assert node.state()["resources"] == []
     assert node.path(p["password_file"]).exists() is p["is_initiator"]
-    assert not node.path(p["state_dir"] + "/firstboot.done").exists()
+    assert not node.path(p["done_file"]).exists()
     assert run.proc.poll() is None, "it waits"
     assert sum("to come online" in line for line in run.lines) == 1, "one line, not one per poll"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import loop_devices, mounts, run_pibuild
 
-from builder import qemu
+from builder import qemu, smoke
 from builder.layout import read_layout
 
 NODE = "dns-pm01"
@@ -263,6 +263,28 @@ def test_guest_cmdline():
     line = "console=serial0,115200 console=tty1 root=PARTUUID=ab-02 rootwait init=/usr/lib/x/firstboot quiet"
     assert qemu.guest_cmdline(line, "ttyAMA0", ("a=b",)) == \
         "root=PARTUUID=ab-02 rootwait quiet console=ttyAMA0,115200 a=b"
+
+
+@pytest.mark.parametrize("peers", [["dns-pm02"], ["dns-pm02", "dns-pm03"]])
+def test_the_firstboot_wait_ends_at_the_wait_for_a_peer_not_at_a_local_one(peers):
+    """A lone node waits for its own pcsd, corosync.conf and pacemaker on the way; the smoke check's awk (run here by
+    the real awk over the lines the firstboot script writes) must read past those and stop at the wait for a peer."""
+    plan = {"node": "dns-pm01", "nodes": [{"name": n} for n in ["dns-pm01", *peers]]}
+    journal = "\n".join([
+        "node dns-pm01 of cluster clst-01 (the initiator; pcs 0.11.5)",
+        "waiting for the local pcsd to accept connections on TCP 2224",
+        "waiting for this node's corosync.conf to describe cluster clst-01",
+        "waiting for pacemaker to answer here (`cibadmin --query --scope resources` exited 102: Could not connect)",
+        "failed: `pcs host auth` timed out; retrying in 5 s (requests to other nodes now wait up to 60 s)",
+        "waiting for dns-pm01x to come online in cluster clst-01",  # not a peer: a prefix of no node's name
+        f"waiting for {', '.join(peers)} to come online in cluster clst-01",
+        "waiting for resources dns-ip-1 to appear in the live CIB",
+    ]) + "\n"
+    out = subprocess.run(["awk", smoke.firstboot_awk(plan)], input=journal, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.splitlines() == [
+        "failed: `pcs host auth` timed out; retrying in 5 s (requests to other nodes now wait up to 60 s)",
+        f"waiting for {', '.join(peers)} to come online in cluster clst-01"]
 
 
 def test_the_vm_layer_does_not_import_the_build():

@@ -13,7 +13,7 @@ from builder.errors import PibuildError
 @click.command(name="smoke")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--timeout", type=float, default=None, metavar="S",
-              help="Budget for the whole run in seconds, QEMU start to verdict (default 600 under TCG, 240 "
+              help="Budget for the whole run in seconds, QEMU start to verdict (default 900 under TCG, 300 "
                    "with KVM).")
 @click.option("--keep-log", is_flag=True, help="Keep the serial log also when every check passed.")
 @click.option("--log-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
