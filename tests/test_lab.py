@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,44 @@ def test_crm_mon_parsing():
     assert state.online == ("n1",)
     assert state.where == {"vip1": ("n1",)}
     assert state.failed == ("m1_monitor_2000 on n1",)
+
+
+def test_a_failure_after_the_failback_is_cleaned_up_again_and_reported(tmp_path, monkeypatch):
+    """Manual failback: a monitor failure that appears after the drill's cleanup keeps its VIP away until someone
+    cleans up again. The drill does, a bounded number of times, and names the failure in its row and its table."""
+    from builder.lab import drills
+    cluster = config.load(resources.example_config(), base_dir=tmp_path)
+    assert cluster.pacemaker.failback == "manual"
+    the_lab = lab.lab_for(cluster)
+    names = [n.name for n in the_lab.nodes]
+    home = {v.name: (v.prefer[0],) for v in cluster.vips}
+    away = {**home, cluster.vips[1].name: (cluster.vips[1].prefer[1],)}
+    failure = f"named2_monitor_3000 on {names[1]}"
+    cleanups = []
+    # Before the first cleanup: the drill's own failure; after it, a new one; after the second, healthy.
+    states = {0: lab.ClusterState(tuple(names), away, (failure,)),
+              1: lab.ClusterState(tuple(names), away, (failure,)),
+              2: lab.ClusterState(tuple(names), home, ())}
+    monkeypatch.setattr(drills, "LATE_FAILURE_GRACE_S", 0)
+    monkeypatch.setattr(drills.time, "sleep", lambda s: None)
+    monkeypatch.setattr(drills.Drill, "settled", lambda self, since: True)
+    monkeypatch.setattr(drills.Drill, "state", lambda self, avoid=None: states[min(len(cleanups), 2)])
+    monkeypatch.setattr(drills.Drill, "failback", lambda self, via=None: cleanups.append(via))
+    d = drills.Drill(the_lab, {n: types.SimpleNamespace(name=n) for n in names}, tmp_path / "samples")
+    assert d.heal(60, avoid=names[0]) == (True, [failure])
+    assert cleanups == [names[1], names[1]]
+
+    # A failure that keeps coming back is cleaned up LATE_CLEANUPS times, then the drill is not healthy.
+    states[2] = states[1]
+    cleanups.clear()
+    monkeypatch.setattr(drills.time, "time", iter(range(0, 10_000, 1)).__next__)
+    ok, late = d.heal(60, avoid=names[0])
+    assert not ok and late == [failure] * drills.LATE_CLEANUPS
+
+    rows = [{"scenario": "named-stop", "vip": v.address, "outage_s": 0.1, "recovered": True, "settings": "config",
+             "failures_after_failback": [failure]} for v in cluster.vips]
+    assert lab.table(rows, ["config"]).splitlines()[-1] == \
+        f"after named-stop's failback (config), cleaned up again: {failure}"
 
 
 def test_outage_table_side_by_side():
