@@ -44,13 +44,13 @@ def compress(image: Path, log=progress.say) -> Path:
     if dest.is_file() and sums.is_file() and stamp.is_file() and stamp.read_text().strip() == source:
         log(f"==> {dest}: up to date")
         return dest
-    log(f"==> {dest.name}: xz --threads=0 {PRESET} (minutes for a full image)")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     tmp_sums = sums.with_name(f".{sums.name}.partial-{os.getpid()}")
     try:
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, XZ_MODE)  # 0600 before a byte is written
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out, progress.phase(f"{dest.name}: xz --threads=0 {PRESET} (minutes for "
+                                                        "a full image)"):
             # --threads=0: one per core. The file size in the header lets readers (xz --list, Imager) see the
             # uncompressed size without decompressing.
             proc = subprocess.run(["xz", "--compress", "--stdout", "--threads=0", PRESET, "--", str(image)],

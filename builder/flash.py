@@ -476,7 +476,8 @@ def _sync_and_drop_cache(target: Target) -> None:
         os.close(fd)
 
 
-def _range_digest(fd: int, start: int, end: int, algo: str) -> str:
+def _range_digest(fd: int, start: int, end: int, algo: str, read: Callable[[int], None] = lambda n: None) -> str:
+    """The digest of bytes start..end of fd; `read(n)` is told of every n bytes read (progress)."""
     digest = hashlib.new(algo)
     offset = start
     while offset < end:
@@ -485,6 +486,7 @@ def _range_digest(fd: int, start: int, end: int, algo: str) -> str:
             break  # short device: the digest will differ
         digest.update(chunk)
         offset += len(chunk)
+        read(len(chunk))
     return digest.hexdigest()
 
 
@@ -516,15 +518,21 @@ def verify(image: Image, bmap: Bmap | None, target: Target) -> int:
         ranges = [(s, e, d if d is not None else next(computed)) for s, e, d in ranges]
     _sync_and_drop_cache(target)
     fd = os.open(target.path, os.O_RDONLY | (0 if target.is_file else os.O_EXCL))
+    total, done = sum(end - start for start, end, _ in ranges), [0]
     try:
-        for start, end, expected in ranges:
-            if _range_digest(fd, start, end, algo) != expected:
-                raise PibuildError(f"verification failed: {target.given} differs from {image.path.name} in bytes "
-                                   f"{start}-{end - 1}: the card may be faulty or was changed after writing; "
-                                   "flash it again or use another card")
+        with progress.transfer(f"reading back {target.given}", total) as bar:
+            def read(n: int) -> None:
+                done[0] += n
+                bar(done[0], total)
+
+            for start, end, expected in ranges:
+                if _range_digest(fd, start, end, algo, read) != expected:
+                    raise PibuildError(f"verification failed: {target.given} differs from {image.path.name} in "
+                                       f"bytes {start}-{end - 1}: the card may be faulty or was changed after "
+                                       "writing; flash it again or use another card")
     finally:
         os.close(fd)
-    return sum(end - start for start, end, _ in ranges)
+    return total
 
 
 def _no_confirm(prompt: str) -> bool:
@@ -572,7 +580,8 @@ def flash(image: Path, device: str, *, yes: bool = False, force: bool = False,
         _claim(target)
         before = sectors_written(target.devno) if not target.is_file else None
         started = time.monotonic()
-        _write(img, bmap, target)
+        with progress.phase(f"writing {target.given}", tool_draws_progress=True):  # bmaptool's own bar on a terminal
+            _write(img, bmap, target)
         _sync_and_drop_cache(target)
         write_seconds = time.monotonic() - started
         after = sectors_written(target.devno) if not target.is_file else None

@@ -54,9 +54,9 @@ INJECT_FAILURE_ENV = "PIBUILD_TEST_FAIL_IN_PHASE"
 
 
 @contextlib.contextmanager
-def phase(what: str) -> Iterator[progress.Phase]:
+def phase(what: str, tool_draws_progress: bool = False) -> Iterator[progress.Phase]:
     """A progress phase of the build, which a test can make fail at its end (INJECT_FAILURE_ENV)."""
-    with progress.phase(what) as ph:
+    with progress.phase(what, tool_draws_progress) as ph:
         yield ph
         inject = os.environ.get(INJECT_FAILURE_ENV)
         if inject and inject in what:
@@ -115,7 +115,8 @@ def cluster_image(cluster: Cluster) -> Path:
 
 def _build_debian(cluster: Cluster, tmp: Path, disk_id: str) -> None:
     rootfs = tmp / "rootfs"
-    with phase(f"debian base: mmdebstrap {cluster.base.release} {cluster.base.arch} (the long part)"):
+    with phase(f"debian base: mmdebstrap {cluster.base.release} {cluster.base.arch} (the long part)",
+               tool_draws_progress=True):  # mmdebstrap's own bars on a terminal
         base.mmdebstrap(cluster, rootfs)
     with phase("stages"):
         base.lay_debian_files(rootfs, disk_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -25,10 +26,19 @@ TransferHook = Callable[[int, "int | None"], None]
 
 
 class Reporter:
-    """Receives the core's progress. This one turns every event into a line for `write` (default: nothing)."""
+    """Receives the core's progress. This one turns every event into a line for `write` (default: nothing).
 
-    def __init__(self, write: Callable[[str], None] | None = None):
+    `heartbeat_s`: after this long without a line inside a phase, the phase reports that it still runs (None: never).
+    `tools_draw_progress`: the tools a phase runs draw their own progress here (a terminal), so a phase that says so
+    gets no heartbeat from us."""
+
+    heartbeat_s: float | None = None
+    tools_draw_progress = False
+
+    def __init__(self, write: Callable[[str], None] | None = None, heartbeat_s: float | None = None):
         self.write = write or (lambda line: None)
+        if heartbeat_s is not None:
+            self.heartbeat_s = heartbeat_s
 
     def line(self, text: str) -> None:
         self.write(text)
@@ -42,6 +52,9 @@ class Reporter:
     def phase_done(self, what: str, elapsed: float) -> None:
         self.line(f"    {what}: done in {elapsed:.1f}s")
 
+    def phase_heartbeat(self, what: str, elapsed: float) -> None:
+        self.line(f"    {what}: still running, {_clock(elapsed)} so far")
+
     @contextlib.contextmanager
     def transfer(self, what: str, total: int | None, done: int) -> Iterator[TransferHook]:
         """A byte count that moves; lines would only flood a log, so by default nothing is shown."""
@@ -52,11 +65,33 @@ def _stderr_with_clock(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 class PlainReporter(Reporter):
-    """Timestamped lines on stderr: for logs, CI, a pipe."""
+    """Timestamped lines on stderr: for logs, CI, a pipe. A log shows a long phase is alive every half minute."""
+
+    heartbeat_s = 30.0
 
     def __init__(self):
         super().__init__(_stderr_with_clock)
+
+    @contextlib.contextmanager
+    def transfer(self, what: str, total: int | None, done: int) -> Iterator[TransferHook]:
+        """A line at every quarter of a known total (a log gets no bar), with the rate."""
+        started, shown = time.monotonic(), [done * 4 // total if total else 0]
+
+        def hook(done: int, total: int | None) -> None:
+            if not total:
+                return
+            quarter = done * 4 // total
+            if quarter > shown[0]:
+                shown[0] = quarter
+                rate = done / max(time.monotonic() - started, 1e-6)
+                self.line(f"    {what}: {done * 100 // total}% of {total >> 20} MiB ({rate / 2**20:.0f} MiB/s)")
+        yield hook
 
 
 _DEFAULT = PlainReporter()
@@ -77,7 +112,12 @@ def using(reporter: Reporter) -> Iterator[Reporter]:
         _current.reset(token)
 
 
+# When anything was last said (a line inside a phase or outside it): a heartbeat only fills silence.
+_last_said = [time.monotonic()]
+
+
 def say(text: str) -> None:
+    _last_said[0] = time.monotonic()
     current().line(text)
 
 
@@ -85,22 +125,44 @@ def say(text: str) -> None:
 class Phase:
     what: str
     started: float
+    last_line: float = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def say(self, text: str) -> None:
+        self.last_line = _last_said[0] = time.monotonic()
         current().phase_line(self.what, text, self.elapsed())
 
 
 @contextlib.contextmanager
-def phase(what: str) -> Iterator[Phase]:
-    """Announce a phase; when it ends without an error, report how long it took."""
+def phase(what: str, tool_draws_progress: bool = False) -> Iterator[Phase]:
+    """Announce a phase; when it ends without an error, report how long it took. While it runs, a reporter with a
+    heartbeat says it still runs whenever it has said nothing for that long (not where `tool_draws_progress` and
+    the reporter's output is where the tool draws its own bar: mmdebstrap and bmaptool on a terminal)."""
     reporter = current()
     reporter.phase_started(what)
     ph = Phase(what, time.monotonic())
-    yield ph
+    ph.last_line = ph.started
+    every = None if tool_draws_progress and reporter.tools_draw_progress else reporter.heartbeat_s
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(reporter, ph, every, stop), daemon=True) if every else None
+    if beat:
+        beat.start()
+    try:
+        yield ph
+    finally:
+        stop.set()
+        if beat:
+            beat.join()
     reporter.phase_done(what, ph.elapsed())
+
+
+def _heartbeat(reporter: Reporter, ph: Phase, every: float, stop: threading.Event) -> None:
+    while not stop.wait(max(0.05, max(ph.last_line, _last_said[0]) + every - time.monotonic())):
+        if time.monotonic() - max(ph.last_line, _last_said[0]) >= every:
+            ph.last_line = time.monotonic()
+            reporter.phase_heartbeat(ph.what, ph.elapsed())
 
 
 def transfer(what: str, total: int | None, done: int = 0) -> contextlib.AbstractContextManager[TransferHook]:

@@ -314,7 +314,8 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
         vm.start()
         run = _Run(vm, report, vm.started_at + budget, emit)
         try:
-            run.all()
+            with progress.phase(f"{image.name}: boot and checks"):
+                run.all()
         except qemu.ConsoleError as exc:
             # The console stopped answering mid-way: the check being run fails with the reason.
             done = {c.name for c in report.checks}

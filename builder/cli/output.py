@@ -17,7 +17,11 @@ from builder import progress
 class RichReporter(progress.Reporter):
     """For a person at a terminal: phases stand out, their durations are dimmed, a transfer is a live bar.
 
-    No live display spans a phase: the tools a phase runs (mmdebstrap, bmaptool) write to the same terminal."""
+    No live display spans a phase: the tools a phase runs (mmdebstrap, bmaptool) write to the same terminal, and
+    those two draw their own bars there. Any other phase says it still runs after 10 s of silence."""
+
+    heartbeat_s = 10.0
+    tools_draw_progress = True
 
     def __init__(self, console: Console):
         super().__init__()
@@ -38,6 +42,9 @@ class RichReporter(progress.Reporter):
 
     def phase_done(self, what: str, elapsed: float) -> None:
         self._print(("    ✓ ", "green"), what, (f"  done in {elapsed:.1f}s", "dim"))
+
+    def phase_heartbeat(self, what: str, elapsed: float) -> None:
+        self._print(("    … ", "dim"), (f"{what}: still running", "dim"), (f"  +{elapsed:.0f}s", "dim"))
 
     @contextlib.contextmanager
     def transfer(self, what: str, total: int | None, done: int) -> Iterator[progress.TransferHook]:

@@ -85,10 +85,11 @@ def _up(lab: Lab, images: Path, found: dict[str, Path]) -> float:
         prepare_vm(lab, node, found[node.name])
         start_vm(lab, node)
         progress.say(f"{node.name}: QEMU started (pid {vm_pid(node)}), serial log {node.log}")
-    wait_booted(lab, start)
-    with consoles(lab) as cons:
-        wait_formed(lab, cons, start)
-    wait_vips(lab, start)
+    with progress.phase(f"lab up: {len(lab.nodes)} nodes boot, form cluster {lab.cluster.name}, every VIP answers"):
+        wait_booted(lab, start)
+        with consoles(lab) as cons:
+            wait_formed(lab, cons, start)
+        wait_vips(lab, start)
     took = time.monotonic() - start
     progress.say(f"lab up: cluster {lab.cluster.name} formed and every VIP answers, in {took:.0f} s")
     return took
