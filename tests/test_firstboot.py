@@ -485,6 +485,11 @@ class Node:
             yield
 
     def state(self) -> dict:
+        """The fake cluster's state, read under the lock the fake tools write it under (not half-written)."""
+        with self._locked():
+            return self._read_state()
+
+    def _read_state(self) -> dict:
         path = self.fake_dir / "fake-state.json"
         if path.exists():
             return json.loads(path.read_text())
@@ -493,7 +498,7 @@ class Node:
 
     def set_state(self, **changes) -> None:
         with self._locked():
-            state = self.state()
+            state = self._read_state()
             state.update(changes)
             (self.fake_dir / "fake-state.json").write_text(json.dumps(state))
 

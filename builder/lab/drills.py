@@ -269,7 +269,10 @@ class NodeReplace(Scenario):
     home without anyone's help; the glibc clients from power-on until the cluster is healthy (rejoin_glibc_*)."""
 
     name = "node-replace"
-    HOME_WAIT_S = 120  # after the rejoin: how long to wait for the VIP to come home by itself
+    # After the rejoin: how long to wait for the VIP to come home by itself. It comes once the new card's BIND runs
+    # under Pacemaker, about when its firstboot is done: 50-70 s on a quiet host, 146 s on a slow one (fresh run,
+    # 2026-12-01). A VIP kept away by a failure (manual failback) never comes, so a long wait still tells them apart.
+    HOME_WAIT_S = 300
 
     def run(self, d: Drill) -> list[dict]:
         target = d.target()
