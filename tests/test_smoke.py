@@ -140,7 +140,9 @@ def test_broken_bind_config_fails_naming_named(example_image, tmp_path, clean_ho
     logs = tmp_path / "logs"
 
     try:
-        proc = run_pibuild("smoke", str(broken), "--log-dir", str(logs), timeout=1500)
+        # A failing BIND keeps the boot from settling, so the later checks wait out the budget: 600 s bounds the
+        # run (the default, 900 s, is for a healthy lone node's corosync and pacemaker to start).
+        proc = run_pibuild("smoke", str(broken), "--log-dir", str(logs), "--timeout", "600", timeout=1500)
     finally:
         broken.unlink()
     print(proc.stdout, proc.stderr)
