@@ -112,7 +112,8 @@ def using(reporter: Reporter) -> Iterator[Reporter]:
         _current.reset(token)
 
 
-# When anything was last said (a line inside a phase or outside it): a heartbeat only fills silence.
+# When anything was last said (a phase's start, a line inside it or outside it, a heartbeat): a heartbeat only
+# fills silence, and nested phases share it, so they do not beat twice.
 _last_said = [time.monotonic()]
 
 
@@ -125,13 +126,12 @@ def say(text: str) -> None:
 class Phase:
     what: str
     started: float
-    last_line: float = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
     def say(self, text: str) -> None:
-        self.last_line = _last_said[0] = time.monotonic()
+        _last_said[0] = time.monotonic()
         current().phase_line(self.what, text, self.elapsed())
 
 
@@ -143,7 +143,7 @@ def phase(what: str, tool_draws_progress: bool = False) -> Iterator[Phase]:
     reporter = current()
     reporter.phase_started(what)
     ph = Phase(what, time.monotonic())
-    ph.last_line = ph.started
+    _last_said[0] = ph.started
     every = None if tool_draws_progress and reporter.tools_draw_progress else reporter.heartbeat_s
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(reporter, ph, every, stop), daemon=True) if every else None
@@ -159,9 +159,9 @@ def phase(what: str, tool_draws_progress: bool = False) -> Iterator[Phase]:
 
 
 def _heartbeat(reporter: Reporter, ph: Phase, every: float, stop: threading.Event) -> None:
-    while not stop.wait(max(0.05, max(ph.last_line, _last_said[0]) + every - time.monotonic())):
-        if time.monotonic() - max(ph.last_line, _last_said[0]) >= every:
-            ph.last_line = time.monotonic()
+    while not stop.wait(max(0.05, _last_said[0] + every - time.monotonic())):
+        if time.monotonic() - _last_said[0] >= every:
+            _last_said[0] = time.monotonic()  # a heartbeat is a line too: the next one comes `every` later
             reporter.phase_heartbeat(ph.what, ph.elapsed())
 
 
