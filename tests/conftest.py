@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+_config: pytest.Config | None = None
 
 
 def run_pibuild(*args, cwd: Path | None = None, env: dict | None = None, check: bool = False,
@@ -29,6 +31,8 @@ def run_pibuild(*args, cwd: Path | None = None, env: dict | None = None, check: 
 def pytest_configure(config):
     """Put a `pibuild` first on PATH that fails loudly, so a test that runs a bare `pibuild` fails on every machine,
     not only on a fresh one where none is installed (issue 22). Tests use run_pibuild."""
+    global _config
+    _config = config
     shim_dir = Path(tempfile.mkdtemp(prefix="pibuild-test-path-"))
     shim = shim_dir / "pibuild"
     shim.write_text("#!/bin/sh\n"
@@ -37,6 +41,26 @@ def pytest_configure(config):
     shim.chmod(0o755)
     os.environ["PATH"] = f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}"
     config._pibuild_path_shim = shim_dir
+
+
+# A slow test's time and the suite's running total, on a line of its own as soon as it ends: CI stops a run at its
+# time limit without the --durations summary, and these lines then tell where the time went.
+SLOW_TEST_S = 30.0
+_started = time.monotonic()
+_spent: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _spent[report.nodeid] = _spent.get(report.nodeid, 0.0) + report.duration
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish(nodeid, location):
+    spent = _spent.pop(nodeid, 0.0)
+    if spent >= SLOW_TEST_S and _config is not None:
+        reporter = _config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"    [{spent:.0f} s with its fixtures; suite at {time.monotonic() - _started:.0f} s]")
 
 
 def pytest_unconfigure(config):
