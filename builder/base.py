@@ -103,12 +103,14 @@ def finish_debian(ch: chroot.Chroot) -> None:
     """Undo the initramfs deferral, generate it once; raspi-firmware's hook then writes the boot partition."""
     conf = ch.root / "etc/initramfs-tools"
     (conf / "conf.d").mkdir(parents=True, exist_ok=True)
-    (conf / "conf.d/pibuild").write_text("# pibuild: only the modules listed in ../modules (see bases/debian/)\n"
+    (conf / "conf.d/pibuild").write_text("# pibuild: only the modules hooks/pibuild-modules adds "
+                                         "(see bases/debian/)\n"
                                          "MODULES=list\n"
                                          # The fsck hook cannot detect the root file system inside a chroot.
                                          "FSTYPE=ext4\n")
-    (conf / "modules").write_text("# Written by pibuild from bases/debian/initramfs-modules\n"
-                                  + "\n".join(initramfs_modules(ch.root)) + "\n")
+    # Carried, not force-loaded: hooks/pibuild-modules reads this list (../modules would load each at every boot).
+    (conf / "pibuild-modules").write_text("# Written by pibuild from bases/debian/initramfs-modules\n"
+                                          + "\n".join(initramfs_modules(ch.root)) + "\n")
     ch.run(["rm", "-f", "/usr/sbin/update-initramfs"])
     ch.run(["dpkg-divert", "--quiet", "--local", "--rename", "--remove", "/usr/sbin/update-initramfs"])
     ch.run(["systemctl", "enable", "pibuild-expand-rootfs.service"])

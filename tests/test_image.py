@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, loop_devices, mounts, run_pibuild
 
-from builder import cache, config, secrets
+from builder import cache, config, emulation, secrets
 from builder import image as image_mod
 
 pytestmark = [pytest.mark.image, pytest.mark.usefixtures("needs_image_tools")]
@@ -149,6 +149,22 @@ def test_boot_partition_holds_firmware_kernel_and_a_matching_cmdline(build):
     assert f"root=PARTUUID={disk_id}-02" in cmdline
     config_txt = fat_read(img, "config.txt").decode()
     assert "kernel=vmlinuz-" in config_txt and "initramfs initrd.img-" in config_txt
+
+
+def test_initramfs_carries_the_boot_modules_and_loads_none_by_list(build):
+    """The modules for the SD card, USB disks, ext4 and QEMU's virtio are in the initramfs, but its conf/modules
+    (what initramfs-tools loads at every boot, hardware or not) is empty: udev loads what the board has."""
+    img = image(build, "dns-pm01")
+    (name,) = [n for n in fat_list(img) if n.startswith("initrd.img-")]
+    data = fat_read(img, name)
+    unpack = next(argv for magic, argv in emulation.DECOMPRESS.items() if data.startswith(magic))
+    cpio = subprocess.run(unpack, input=data, capture_output=True, check=True).stdout if unpack else data
+    files = subprocess.run(["cpio", "-it", "--quiet"], input=cpio, capture_output=True, check=True).stdout.decode()
+    carried = {Path(f).name.split(".ko")[0] for f in files.split() if ".ko" in f}
+    assert {"mmc_block", "sdhci-iproc", "dwc2", "usb-storage", "virtio_blk", "ext4"} <= carried, sorted(carried)
+    forced = subprocess.run(["cpio", "-i", "--quiet", "--to-stdout", "conf/modules"], input=cpio,
+                            capture_output=True, check=True).stdout.decode()
+    assert [line for line in forced.splitlines() if line.strip() and not line.startswith("#")] == []
 
 
 def test_root_filesystem_holds_the_node_files(build):
