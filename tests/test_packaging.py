@@ -7,6 +7,7 @@ dependencies from PyPI (about 30-60 s).
 
 import ast
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -36,9 +37,16 @@ def run(argv, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def data_files(root: Path) -> dict[str, bool]:
-    """Relative path -> executable, for every file under root (no caches)."""
-    return {p.relative_to(root).as_posix(): bool(p.stat().st_mode & stat.S_IXUSR)
-            for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    """Relative path -> executable, for every file under root that ships (no caches, nothing .gitignore names:
+    a checkout's examples/secrets/ stays out of the wheel)."""
+    ignored = set()
+    if (REPO / ".git").exists() and REPO in root.parents:
+        out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "--", str(root)],
+                             cwd=REPO, capture_output=True, text=True, check=True).stdout
+        ignored = {(REPO / line).relative_to(root).as_posix() for line in out.splitlines()}
+    return {rel: bool(p.stat().st_mode & stat.S_IXUSR)
+            for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+            and (rel := p.relative_to(root).as_posix()) not in ignored}
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +160,22 @@ def test_render_from_the_installed_wheel(venv, site_builder, tmp_path):
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     assert (tree / "etc/pibuild/hacluster-password").read_text() == secret.read_text()
     assert not list(site_builder.rglob("hacluster")), "a secret was written inside site-packages"
+
+
+def test_a_checkouts_secrets_never_ship(tmp_path):
+    """`pibuild -c examples/cluster.yaml` keeps the example's secrets in examples/secrets/: a wheel built from that
+    checkout must not carry them (hatch's force-include would: it ignores .gitignore)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", ".*_cache", "out"))
+    (src / "examples" / "secrets").mkdir(exist_ok=True)
+    (src / "examples" / "secrets" / "hacluster").write_text("not for the wheel\n")
+    proc = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", tmp_path / "dist", src],
+               cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, f"pip wheel failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "builder/examples/cluster.yaml" in names and "builder/stages/README.md" in names
+    assert [n for n in names if "secrets/" in n] == []
 
 
 def test_sdist_builds_a_complete_wheel(venv, tmp_path):
