@@ -29,7 +29,8 @@ from builder.errors import NeedsRoot, PibuildError
 # its login prompt at ~35 s and every unit up at ~75 s; the budget leaves room for a busy CI machine.
 DEFAULT_TIMEOUT = {"tcg": 900.0, "kvm": 300.0}
 # How long one check keeps polling for its condition once the boot finished (a bounded part of the budget).
-POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 90.0}
+# pcsd's from the end of the wait for the boot, which ends early when a unit failed (pcsd may not have started).
+POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 300.0}
 CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
 FIRSTBOOT_UNIT = "pibuild-firstboot.service"
 # Runs in the guest: polls until the boot's job queue is empty, or a unit failed or waits to be restarted after a
@@ -209,12 +210,17 @@ class _Run:
             self.add("named", False, f"active, but dig @127.0.0.1 localhost answered {_last_lines(answer)!r}")
 
     def check_pcsd(self) -> None:
-        ok, state = self.poll("systemctl is-active pcsd", _active, POLL_LIMIT["pcsd"])
+        # Its start job may still wait in the queue (the wait for the boot ends early once a unit failed): inactive
+        # with a job is not yet started, not failed.
+        ok, state = self.poll("systemctl is-active pcsd; systemctl list-jobs --no-legend pcsd.service", _active,
+                              POLL_LIMIT["pcsd"])
         if ok:
             self.add("pcsd", True, "active")
             return
         _, journal = self.sh("journalctl -b -u pcsd -n 20 --no-pager -o short-monotonic")
-        self.add("pcsd", False, f"pcsd.service is {state.strip() or 'unknown'}: {_last_lines(journal)}")
+        said = state.strip().splitlines()
+        self.add("pcsd", False, f"pcsd.service is {said[0] if said else 'unknown'}"
+                                f"{' (its start still queued)' if said[1:] else ''}: {_last_lines(journal)}")
 
     def check_firstboot(self, node: qemu.Node) -> None:
         if node.plan is None:
@@ -287,12 +293,15 @@ def _firstboot_lines(out: str) -> list[str]:
 
 
 def _active(rc: int, out: str) -> bool | None:
-    state = out.strip().splitlines()[-1] if out.strip() else ""
+    """`systemctl is-active UNIT; systemctl list-jobs --no-legend UNIT`: decided, or None to wait."""
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    state = lines[0].strip() if lines else ""
+    queued = any(".service" in line for line in lines[1:])
     if state == "active":
         return True
-    if state in ("failed", "inactive"):
+    if state == "failed" or (state == "inactive" and not queued):
         return False
-    return None  # activating, reloading, deactivating: wait
+    return None  # activating, reloading, deactivating, or inactive with its start job queued: wait
 
 
 def _last_lines(text: str, n: int = 3) -> str:

@@ -331,6 +331,17 @@ def test_settling_ends_at_an_empty_queue_or_at_the_first_failing_unit(tmp_path, 
     assert (tmp_path / "polls").read_text().strip() == str(polls)
 
 
+@pytest.mark.parametrize("out,verdict", [
+    ("active\n", True),
+    ("failed\n", False),
+    ("inactive\n", False),                                               # never started, nothing queued
+    ("inactive\n212 pcsd.service start waiting\n", None),                # not yet started: wait
+    ("activating\n212 pcsd.service start running\n", None),
+])
+def test_a_unit_whose_start_is_still_queued_is_waited_for(out, verdict):
+    assert smoke._active(0, out) is verdict
+
+
 def test_a_skipped_check_is_no_failure_but_no_pass_either(tmp_path):
     report = smoke.SmokeReport(image=tmp_path / "a.img", serial_log=tmp_path / "a.log", checks=[
         smoke.Check("named", False, "failed"), smoke.Check("firstboot", None, "not awaited", 12.0)])
