@@ -136,18 +136,24 @@ def _download(package: KernelPackage, sources: list[str], dest: Path) -> Path:
     return debs[0]
 
 
+def initramfs_cpio(initrd: Path) -> bytes:
+    """An initramfs file as its uncompressed newc cpio archive."""
+    data = initrd.read_bytes()
+    magic = next((m for m in DECOMPRESS if data.startswith(m)), None)
+    if magic is None:
+        raise PibuildError(f"{initrd}: unknown initramfs compression (starts with {data[:6].hex()})")
+    if DECOMPRESS[magic]:
+        data = tools.run(DECOMPRESS[magic], input=data, capture=True).stdout
+    return data
+
+
 def initramfs(image_initrd: Path, kernel_tree: Path, abi: str, dest: Path) -> Path:
     """The image's initramfs, plus the kernel_tree build of every module it carries (and what they depend on).
 
     Written uncompressed: the emulated kernel would spend seconds unpacking it.
     """
     tools.require("cpio", "depmod")
-    data = image_initrd.read_bytes()
-    magic = next((m for m in DECOMPRESS if data.startswith(m)), None)
-    if magic is None:
-        raise PibuildError(f"{image_initrd}: unknown initramfs compression (starts with {data[:6].hex()})")
-    if DECOMPRESS[magic]:
-        data = tools.run(DECOMPRESS[magic], input=data, capture=True).stdout
+    data = initramfs_cpio(image_initrd)
     modules_dir = kernel_tree / "lib/modules" / abi
     with tempfile.TemporaryDirectory(prefix="pibuild-initrd-", dir=dest.parent) as tmp:
         tree = Path(tmp)
