@@ -97,6 +97,10 @@ class _Run:
         self.emit(check)
         return ok
 
+    def skip(self, name: str, state: str) -> None:
+        """The verdict is FAIL already: a check that would only wait now is shown as it stands, not awaited."""
+        self.add(name, None, f"{state}; not awaited: {', '.join(self.report.failed)} failed already")
+
     def sh(self, command: str, timeout: float = 120.0) -> tuple[int, str]:
         return self.console.run(command, timeout=max(1.0, min(timeout, self.left())))
 
@@ -214,22 +218,19 @@ class _Run:
         # with a job is not yet started, not failed.
         command = "systemctl is-active pcsd; systemctl list-jobs --no-legend pcsd.service"
         if self.report.failed:
-            # The verdict is FAIL already: pcsd is judged as it is now, not waited for (a BIND restarting in a loop
-            # slows its start to minutes under TCG).
-            _, state = self.sh(command)
-            if _active(0, state) is None:
-                said = state.strip().splitlines()
-                self.add("pcsd", None, f"pcsd.service {said[0] if said else 'unknown'}, not awaited: "
-                                       f"{', '.join(self.report.failed)} failed already")
+            # Judged as it is now, not waited for (a BIND restarting in a loop slows pcsd's start to minutes).
+            _, out = self.sh(command)
+            if _active(0, out) is None:
+                self.skip("pcsd", f"pcsd.service {_unit_state(out)[0]}")
                 return
-        ok, state = self.poll(command, _active, POLL_LIMIT["pcsd"])
+        ok, out = self.poll(command, _active, POLL_LIMIT["pcsd"])
         if ok:
             self.add("pcsd", True, "active")
             return
         _, journal = self.sh("journalctl -b -u pcsd -n 20 --no-pager -o short-monotonic")
-        said = state.strip().splitlines()
-        self.add("pcsd", False, f"pcsd.service is {said[0] if said else 'unknown'}"
-                                f"{' (its start still queued)' if said[1:] else ''}: {_last_lines(journal)}")
+        state, queued = _unit_state(out)
+        self.add("pcsd", False, f"pcsd.service is {state}{' (its start still queued)' if queued else ''}: "
+                                f"{_last_lines(journal)}")
 
     def check_firstboot(self, node: qemu.Node) -> None:
         if node.plan is None:
@@ -238,11 +239,9 @@ class _Run:
         if self.report.failed:
             # A lone node reaches its wait for a peer only once its own corosync and pacemaker run: minutes under
             # TCG that would not change the verdict.
-            _, out = self.sh(f"systemctl show -p ActiveState -p SubState {FIRSTBOOT_UNIT}")
-            props = _props(out)
-            self.add("firstboot", None, f"{FIRSTBOOT_UNIT} {props.get('ActiveState', '?')} "
-                                        f"({props.get('SubState', '?')}); its wait for a peer not awaited: "
-                                        f"{', '.join(self.report.failed)} failed already")
+            props = _props(self.sh(f"systemctl show -p ActiveState -p SubState {FIRSTBOOT_UNIT}")[1])
+            self.skip("firstboot", f"{FIRSTBOOT_UNIT} {props.get('ActiveState', '?')} "
+                                   f"({props.get('SubState', '?')}), its wait for a peer")
             return
         # Wait in the guest, for free: `journalctl -f` is woken by new entries, and awk stops at the first line that
         # says the script waits for a peer (a lone node never gets further; the waits for its own pcsd, corosync.conf
@@ -301,11 +300,15 @@ def _firstboot_lines(out: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(("failed:", "waiting for "))]
 
 
+def _unit_state(out: str) -> tuple[str, bool]:
+    """`systemctl is-active UNIT; systemctl list-jobs --no-legend UNIT` -> (its state, a job of it queued)."""
+    lines = [line.strip() for line in out.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else "unknown"), any(".service" in line for line in lines[1:])
+
+
 def _active(rc: int, out: str) -> bool | None:
-    """`systemctl is-active UNIT; systemctl list-jobs --no-legend UNIT`: decided, or None to wait."""
-    lines = [line for line in out.strip().splitlines() if line.strip()]
-    state = lines[0].strip() if lines else ""
-    queued = any(".service" in line for line in lines[1:])
+    """Output as _unit_state reads it: decided, or None to wait."""
+    state, queued = _unit_state(out)
     if state == "active":
         return True
     if state == "failed" or (state == "inactive" and not queued):
