@@ -263,7 +263,8 @@ KEYS = (
     # builder/plan.py ties BIND's health and the floating addresses by this.
     Key("pacemaker.layout", choice(LAYOUTS), "clone",
         "`clone`: one named2 monitor runs on every node (a Pacemaker clone) and each VIP is colocated with it "
-        "(`INFINITY`) and ordered after it (`kind=Optional`, so a failure elsewhere restarts nothing), so a failover "
+        "(score 100000: finite, so the last node keeps its VIPs when its monitor fails, where `INFINITY` stopped "
+        "them) and ordered after it (`kind=Optional`, so a failure elsewhere restarts nothing), so a failover "
         "moves the address alone. `group`: the seed's, a group per VIP of its own named2 monitor and the address, "
         "which move together (in the lab that move cost ~10 s of agent calls)"),
     Key("pacemaker.address_agent", choice(ADDRESS_AGENTS), "vip",

@@ -28,6 +28,11 @@ NAMED2_QUERY_TIMEOUT = 5
 # How often the address agent checks that a floating address is still configured: the seed's 10s whatever BIND's
 # monitor interval. Only a hand-deleted address fails it, and IPaddr2's monitor costs most of a second emulated.
 ADDRESS_MONITOR_INTERVAL = "10s"
+# How strongly a VIP wants a node where the cloned BIND monitor runs: finite, so that where it runs nowhere (the last
+# node's monitor failed, a false miss included) the VIP stays where it is instead of stopping (an address whose BIND
+# is gone answers "port unreachable" at once; an absent one costs clients their timeout), and far above every
+# location score (100 per node), so that wherever the monitor does run wins.
+MONITOR_COLOCATION_SCORE = 100000
 
 
 def monitor_resources(cluster: Cluster) -> list[str]:
@@ -74,8 +79,9 @@ def cib_commands(cluster: Cluster) -> list[list[str]]:
         cmds.append([*named2(CLONE_MONITOR), "clone"])
         for vip in cluster.vips:
             cmds.append(vip_address(vip))
-            # Only where the monitor runs, i.e. where BIND answered; a failed monitor sends the address away.
-            cmds.append(["constraint", "colocation", "add", vip.name, "with", clone, "INFINITY"])
+            # Where the monitor runs, i.e. where BIND answered: a failed monitor sends the address to a node
+            # whose BIND answers, if there is one.
+            cmds.append(["constraint", "colocation", "add", vip.name, "with", clone, str(MONITOR_COLOCATION_SCORE)])
             # When both start together (boot, failback) the address waits for BIND's first answer. Optional: a
             # monitor failing elsewhere must not restart the address.
             cmds.append(["constraint", "order", "start", clone, "then", "start", vip.name, "kind=Optional"])

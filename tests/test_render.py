@@ -82,11 +82,11 @@ CLONE_CIB = [
      "named=/usr/sbin/named", "query_timeout=3", "op", "monitor", "interval=2s", "timeout=20s", "clone"],
     ["resource", "create", "rs-vip-1", "ocf:pibuild:vip", "ip=192.168.100.11", "cidr_netmask=24", "nic=eth0",
      "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
-    ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "INFINITY"],
+    ["constraint", "colocation", "add", "rs-vip-1", "with", "named-monitor-clone", "100000"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-1", "kind=Optional"],
     ["resource", "create", "rs-vip-2", "ocf:pibuild:vip", "ip=192.168.100.12", "cidr_netmask=24", "nic=eth0",
      "op", "monitor", "interval=10s", "meta", "allow-migrate=true"],
-    ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "INFINITY"],
+    ["constraint", "colocation", "add", "rs-vip-2", "with", "named-monitor-clone", "100000"],
     ["constraint", "order", "start", "named-monitor-clone", "then", "start", "rs-vip-2", "kind=Optional"],
     ["constraint", "location", "rs-vip-1", "prefers", "dns-pm01=200", "dns-pm02=100"],
     ["constraint", "location", "rs-vip-2", "prefers", "dns-pm02=200", "dns-pm01=100"],
@@ -650,7 +650,7 @@ def test_render_of_another_cluster(tmp_path):
     assert ["constraint", "location", "vip-a", "prefers", "ns2=300", "ns1=200", "ns3=100"] in cib
     (vip,) = [c for c in cib if c[:3] == ["resource", "create", "vip-a"]]
     assert vip[3:7] == ["ocf:pibuild:vip", "ip=10.20.2.1", "cidr_netmask=16", "nic=end0"]
-    assert ["constraint", "colocation", "add", "vip-a", "with", "named-monitor-clone", "INFINITY"] in cib
+    assert ["constraint", "colocation", "add", "vip-a", "with", "named-monitor-clone", "100000"] in cib
     (mon,) = [c for c in cib if c[:3] == ["resource", "create", "named-monitor"]]
     assert "monitor_request=example.lan" in mon and "interval=5s" in mon and mon[-1] == "clone"
     assert p["commands"]["setup"][3:10] == ["lab-7", "ns1", "addr=10.20.1.1", "ns2", "addr=10.20.1.2", "ns3",
