@@ -248,9 +248,10 @@ KEYS = (
     # 2 s queries in a row, and its own monitor failing would have left no node for the addresses.
     Key("pacemaker.query_timeout", WHOLE, 3,
         "seconds named2 waits for each answer of BIND (the agent's own default and the seed: `5`); the monitor "
-        "fails after two unanswered queries in a row (named pauses while it rescans interfaces as a VIP comes or "
-        "goes), so a frozen BIND is found within `monitor_interval` + 2 × `query_timeout`; at most a third of "
-        "`monitor_timeout`"),
+        "fails after two unanswered queries in a row, so a frozen BIND is found within `monitor_interval` + 2 × "
+        "`query_timeout`; at most a third of `monitor_timeout`. Within 30 s of a VIP arriving or leaving the node "
+        "(named answers nothing while it rescans its interfaces, which outlasted both queries on loaded emulated "
+        "nodes) it asks again until `monitor_timeout` is nearly spent"),
     Key("pacemaker.react_to_named_stop", FLAG, True,
         "BIND's stop hands its addresses over before BIND goes: `pibuild-named-handoff.service` "
         "(`PartOf=`/`After=named.service`, so systemd stops it just before named on every stop or restart) marks the "

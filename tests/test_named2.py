@@ -379,6 +379,60 @@ def test_frozen_bind_fails_after_two_unanswered_queries(bind_ns):
     assert bind_ns.agent("monitor").rc == OCF_SUCCESS  # thawed, it passes again
 
 
+def _address_moved(bind: Bind, seconds_ago: float) -> None:
+    """What ocf:pibuild:vip leaves as it adds or removes an address (its HA_RSCTMP is the agents' shared one)."""
+    marker = bind.rsctmp / "address-changed"
+    marker.touch()
+    when = time.time() - seconds_ago
+    os.utime(marker, (when, when))
+
+
+@pytest.mark.netns
+def test_right_after_an_address_moved_an_unanswered_query_is_asked_again(bind_ns):
+    """BIND answers nothing while it rescans its interfaces, which it does whenever an address arrives or leaves;
+    on loaded emulated nodes that outlasted both queries and failed over a working BIND. Within 30 s of a move
+    the monitor asks until its operation's time is nearly spent, and passes once BIND answers."""
+    assert bind_ns.agent("start").rc == OCF_SUCCESS
+    _address_moved(bind_ns, seconds_ago=1)
+    bind_ns.signal(signal.SIGSTOP)  # stands in for the rescan: alive, answering nothing
+    cmd, env = agent_command("monitor", bind_ns.rsctmp, bind_ns.ns, **bind_ns.params(query_timeout=str(QUERY_TIMEOUT)))
+    t0 = time.monotonic()
+    monitor = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2 * QUERY_TIMEOUT + 2)  # past where two unanswered queries fail
+        assert monitor.poll() is None, "the monitor must still be asking"
+        bind_ns.signal(signal.SIGCONT)
+        _, err = monitor.communicate(timeout=30)
+        print(f"monitor returned {monitor.returncode} after {time.monotonic() - t0:.2f}s (BIND thawed after "
+              f"{2 * QUERY_TIMEOUT + 2}s)")
+        assert monitor.returncode == OCF_SUCCESS, err
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait()
+
+
+@pytest.mark.netns
+def test_after_an_address_moved_a_frozen_bind_still_fails_within_the_operation(bind_ns):
+    assert bind_ns.agent("start").rc == OCF_SUCCESS
+    _address_moved(bind_ns, seconds_ago=0)
+    bind_ns.signal(signal.SIGSTOP)
+    r = bind_ns.agent("monitor", query_timeout=str(QUERY_TIMEOUT), CRM_meta_timeout="12000")
+    print(f"frozen BIND right after a move, 12s monitor: rc={r.rc} after {r.seconds:.2f}s")
+    assert r.rc == OCF_ERR_GENERIC and "No answer from 127.0.0.1" in r.stderr, r.stderr
+    assert 2 * QUERY_TIMEOUT + 1 < r.seconds < 12, r.seconds
+
+
+@pytest.mark.netns
+def test_a_move_long_ago_changes_nothing(bind_ns):
+    assert bind_ns.agent("start").rc == OCF_SUCCESS
+    _address_moved(bind_ns, seconds_ago=60)
+    bind_ns.signal(signal.SIGSTOP)
+    r = bind_ns.agent("monitor", query_timeout=str(QUERY_TIMEOUT))
+    assert r.rc == OCF_ERR_GENERIC, r.stderr
+    assert r.seconds < 2 * QUERY_TIMEOUT + MARGIN, r.seconds
+
+
 @pytest.mark.netns
 def test_query_timeout_is_cut_to_fit_the_monitor_timeout(bind_ns):
     assert bind_ns.agent("start").rc == OCF_SUCCESS

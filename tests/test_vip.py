@@ -136,6 +136,23 @@ def test_start_adds_and_announces_stop_removes(lan):
     assert not list(lan.rsctmp.glob("send_arp-*")), "stop leaves no announcer behind"
 
 
+def test_adding_or_removing_the_address_leaves_the_mark_named2_reads(lan):
+    """ocf:pibuild:named2 gives BIND time to rescan its interfaces after an address moved: the mark is this agent's
+    file under HA_RSCTMP, touched when it adds or removes the address and only then."""
+    marker = lan.rsctmp / "address-changed"
+    assert lan.agent("start").returncode == OCF_SUCCESS
+    assert marker.exists()
+    os.utime(marker, (0, 0))
+    assert lan.agent("start").returncode == OCF_SUCCESS  # already there: nothing added
+    assert marker.stat().st_mtime == 0
+    assert lan.agent("stop").returncode == OCF_SUCCESS
+    assert marker.stat().st_mtime > time.time() - 60
+    os.utime(marker, (0, 0))
+    assert lan.agent("stop").returncode == OCF_SUCCESS  # already gone: nothing removed
+    assert marker.stat().st_mtime == 0
+    assert '"${HA_RSCTMP}/address-changed"' in (AGENT.parent / "named2").read_text(), "named2 reads this file"
+
+
 def _announcer_pid(lan: Lan, ip: str = VIP) -> int:
     """The pid send_arp wrote to the pidfile start gave it (it writes it itself, a moment after start)."""
     pidfile = lan.rsctmp / f"send_arp-{ip}"
