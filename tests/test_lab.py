@@ -145,6 +145,11 @@ def test_a_failure_after_the_failback_is_cleaned_up_again_and_reported(tmp_path,
              "failures_after_failback": [failure]} for v in cluster.vips]
     assert lab.table(rows, ["config"]).splitlines()[-1] == \
         f"after named-stop's failback (config), cleaned up again: {failure}"
+    # formation-powercut heals the same way once the cluster formed, and names what it cleaned up.
+    rows = [{"scenario": "formation-powercut-mark", "vip": v.address, "outage_s": 900.0, "recovered": True,
+             "settings": "config", "failures_after_formation": [failure]} for v in cluster.vips]
+    assert lab.table(rows, ["config"]).splitlines()[-1] == \
+        f"after formation-powercut-mark's formation (config), cleaned up: {failure}"
 
 
 def test_outage_table_side_by_side():

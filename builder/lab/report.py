@@ -15,10 +15,12 @@ def table(rows: list[dict], settings: list[str]) -> str:
         lines.append(line)
     # A failure after a drill's failback was cleaned up again (Drill.heal): not hidden, since it means a resource
     # agent missed its monitor deadline on a healthy cluster.
-    late = {(r["scenario"], r["settings"]): r["failures_after_failback"] for r in rows
-            if r.get("failures_after_failback")}
-    for (scenario, s), failures in late.items():
-        lines.append(f"after {scenario}'s failback ({s}), cleaned up again: {', '.join(failures)}")
+    # Likewise a failure once a formation-powercut drill's cluster formed (FormationPowercut).
+    for key, after, cleaned in (("failures_after_failback", "failback", "cleaned up again"),
+                                ("failures_after_formation", "formation", "cleaned up")):
+        late = {(r["scenario"], r["settings"]): r[key] for r in rows if r.get(key)}
+        for (scenario, s), failures in late.items():
+            lines.append(f"after {scenario}'s {after} ({s}), {cleaned}: {', '.join(failures)}")
     return "\n".join(lines)
 
 
