@@ -382,13 +382,13 @@ class FormationPowercut(Scenario):
         # A monitor that missed on a node starved by the other's boot is no failure to form, but under manual
         # failback it keeps a VIP away: healed as after every drill, and each such failure named in the row.
         state = d.state(avoid=initiator.name) if formed else None
-        failed = list(state.failed) if state else []
         ok, late = d.heal(RECOVERY_TIMEOUT, avoid=initiator.name) if formed else (False, [])
+        cleaned = [*(state.failed if state else ()), *late]
         progress.say(f"{self.name}: {'formed' if ok else 'NOT formed'} {formed_at - start:.0f} s after power-on"
-                     + (f" (cleaned up: {', '.join(failed + late)})" if failed + late else ""))
+                     + (f" (cleaned up: {', '.join(cleaned)})" if cleaned else ""))
         measured = {"moment": moment, "moment_reached": reached, "cut_s": round(cut - start, 1),
                     "formed_s": round(formed_at - start, 1) if formed else None,
-                    "failures_after_formation": failed + late}
+                    "failures_after_formation": cleaned}
         return d.rows(self.name, initiator.name, event, start, ok and reached, measured)
 
     @staticmethod
