@@ -91,7 +91,9 @@ def initramfs_modules(root: Path) -> list[str]:
     patterns = [line.strip() for line in (debian_dir() / "initramfs-modules").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
     names = set()
-    for kernel_dir in (root / "usr/lib/modules").glob("*/kernel"):
+    # /lib/modules: bullseye's /lib is a directory of its own; merged /usr (bookworm on) makes it a link to usr/lib.
+    module_dirs = [root / "usr/lib/modules"] + ([] if (root / "lib").is_symlink() else [root / "lib/modules"])
+    for kernel_dir in (k for d in module_dirs for k in d.glob("*/kernel")):
         for ko in kernel_dir.rglob("*.ko*"):
             rel = PurePosixPath(ko.relative_to(kernel_dir).as_posix())
             if any(rel.match(p) or fnmatch.fnmatch(str(rel), p.replace("**", "*")) for p in patterns):
