@@ -90,6 +90,27 @@ def mounts() -> set[str]:
         return {point for point in (line.split()[4] for line in f) if _ours(point)}
 
 
+CONFIGS = REPO / "tests" / "configs"
+
+
+def build_node(work: Path, config: Path, node: str) -> Path:
+    """One node of a test cluster built with the real CLI in `work`; the image's path."""
+    shutil.copy(config, work / "cluster.yaml")
+    proc = run_pibuild("node", node, "-o", "out", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (image,) = (work / "out").glob(f"*-{node}.img")
+    return image
+
+
+@pytest.fixture(scope="session")
+def bullseye_image(tmp_path_factory) -> Path:
+    """dns-pm01 of tests/configs/bullseye.yaml (armhf), built once per session for the image and the qemu tier:
+    the release that differs most from the others (dhcpcd, pcs 0.10, Pacemaker 2.0, BIND 9.16, /boot)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    return build_node(tmp_path_factory.mktemp("bullseye"), CONFIGS / "bullseye.yaml", "dns-pm01")
+
+
 @pytest.fixture
 def needs_root():
     if os.geteuid() != 0:

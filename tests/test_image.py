@@ -1,4 +1,5 @@
-"""Image tier: build both nodes of a bookworm arm64 debian-base cluster for real, then open the images.
+"""Image tier: build both nodes of a trixie arm64 debian-base cluster and one node of a bullseye armhf one for real,
+then open the images (the bundled example is the bookworm armhf build; the qemu and lab tiers boot all three).
 
 The partition table through sfdisk, the FAT partition through mtools and the ext4 partition through an offset
 loop device (these machines have no vfat module and no loop partition scanning).
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, loop_devices, mounts, run_pibuild
 
-from builder import cache, config, emulation, secrets
+from builder import base, cache, config, emulation, secrets
 from builder import image as image_mod
 from builder.plan import MONITOR_COLOCATION_SCORE
+from builder.releases import RELEASES
 
 pytestmark = [pytest.mark.image, pytest.mark.usefixtures("needs_image_tools")]
 
@@ -47,6 +49,16 @@ def build(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-4000:]
     return {"dir": work, "out": work / "out", "stderr": proc.stderr, "seconds": time.monotonic() - started,
             "loops_before": loops_before, "mounts_before": mounts_before}
+
+
+@pytest.fixture(params=["trixie-arm64", "bullseye-armhf"])
+def release_node(request) -> tuple[Path, str, str]:
+    """dns-pm01 of the newest and of the oldest release, with its arch and release: what differs between releases is
+    checked on both (each release's own pcs and Pacemaker on the plan, its network backend)."""
+    release, arch = request.param.split("-")
+    if release == "trixie":
+        return image(request.getfixturevalue("build"), "dns-pm01"), arch, release
+    return request.getfixturevalue("bullseye_image"), arch, release
 
 
 def image(build, node: str) -> Path:
@@ -152,10 +164,11 @@ def test_boot_partition_holds_firmware_kernel_and_a_matching_cmdline(build):
     assert "kernel=vmlinuz-" in config_txt and "initramfs initrd.img-" in config_txt
 
 
-def test_initramfs_carries_the_boot_modules_and_loads_none_by_list(build, tmp_path):
+def test_initramfs_carries_the_boot_modules_and_loads_none_by_list(release_node, tmp_path):
     """The modules for the SD card, USB disks, ext4 and QEMU's virtio are in the initramfs, but its conf/modules
-    (what initramfs-tools loads at every boot, hardware or not) is empty: udev loads what the board has."""
-    img = image(build, "dns-pm01")
+    (what initramfs-tools loads at every boot, hardware or not) is empty: udev loads what the board has. On both
+    layouts of /lib: bullseye keeps the modules in a /lib of its own (its first build carried none)."""
+    img, _, _ = release_node
     (name,) = [n for n in fat_list(img) if n.startswith("initrd.img-")]
     initrd = tmp_path / name
     initrd.write_bytes(fat_read(img, name))
@@ -196,6 +209,39 @@ def test_root_filesystem_holds_the_node_files(build):
             plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())
             assert plan["node"] == node and plan["cluster"] == "clst-64"
             assert any(Path(root, "boot").glob("initrd.img-*")), "the initramfs was generated"
+
+
+def test_each_release_has_its_address_backend_bind_scan_and_the_pcs_its_plan_is_written_for(release_node):
+    """The per-release table (builder/releases.py) against what the release's packages really are."""
+    img, _, name = release_node
+    release = RELEASES[name]
+    versions = dict(line.split(" ", 1) for line in img.with_suffix(".manifest").read_text().splitlines())
+    assert versions["pcs"].startswith(release.pcs.version), (versions["pcs"], release.pcs.version)
+    disk_id = layout(img)["id"].removeprefix("0x")
+    with rootfs(img) as root:
+        keyfile = root / "etc/NetworkManager/system-connections/pibuild-static.nmconnection"
+        if release.network_backend == "dhcpcd":
+            assert "dhcpcd5" in versions and "network-manager" not in versions
+            dhcpcd = (root / "etc/dhcpcd.conf").read_text()
+            assert "interface eth0\nstatic ip_address=192.168.100.1/24\nstatic routers=192.168.100.254\n" in dhcpcd
+            assert not keyfile.exists()
+            assert (root / "etc/systemd/system/multi-user.target.wants/dhcpcd.service").is_symlink()
+        else:
+            assert "network-manager" in versions and "dhcpcd5" not in versions
+            assert "address1=192.168.100.1/24,192.168.100.254" in keyfile.read_text()
+        dropin = root / "etc/cloud/cloud.cfg.d/99-pibuild.cfg"
+        if "cloud-init" in release.first_boot_hooks:
+            assert {"preserve_hostname: true", "manage_etc_hosts: false", "  config: disabled"} <= set(
+                dropin.read_text().splitlines())
+        else:
+            assert not dropin.exists()
+        # Debian's raspi-firmware installs to /boot/firmware on every release (Raspberry Pi OS bullseye used /boot).
+        assert f"PARTUUID={disk_id}-01  {base.DEBIAN_BOOT_MOUNT}  vfat" in (root / "etc/fstab").read_text()
+        assert release.bind_interface_scan in (root / "etc/bind/named.conf.options").read_text()
+        # The root partition's growth on first boot: growpart calls sfdisk (bullseye's first image had none).
+        assert any(os.path.lexists(root / d / "sfdisk") for d in ("sbin", "usr/sbin"))
+        # A console login (agetty runs /bin/login; trixie's mmdebstrap base had none).
+        assert any(os.path.lexists(root / d / "login") for d in ("bin", "usr/bin"))
 
 
 def test_services_firstboot_enabled_default_cluster_kept_off(build):
@@ -377,10 +423,10 @@ def test_file_base_runs_the_stages_on_a_local_image(build, tmp_path):
 
 
 @contextlib.contextmanager
-def pcs_sandbox(root: Path):
+def pcs_sandbox(root: Path, arch: str = "arm64"):
     """The read-only image root with a scratch /tmp, /proc and /dev: enough for `pcs -f FILE` and the agents."""
     from builder import chroot
-    chroot.ensure_binfmt("arm64")
+    chroot.ensure_binfmt(arch)
     mounted = []
     try:
         for argv, target in ((["mount", "-t", "tmpfs", "tmpfs"], "tmp"), (["mount", "-t", "proc", "proc"], "proc"),
@@ -393,11 +439,12 @@ def pcs_sandbox(root: Path):
             subprocess.run(["umount", str(m)], check=False)
 
 
-def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
+def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(release_node):
     """Every `pcs -f` command of the plan, run by the image's own pcs on an empty CIB (under qemu-user): pcs syntax
     differs between versions, and a recording fake cannot know which. The configuration the build shipped for
     firstboot to push (/etc/pibuild/cib-configuration.xml) is exactly what these commands make."""
-    with rootfs(image(build, "dns-pm01")) as root, pcs_sandbox(root):
+    img, arch, _ = release_node
+    with rootfs(img) as root, pcs_sandbox(root, arch):
         plan = json.loads((root / "etc/pibuild/firstboot.json").read_text())
         shipped_path = root / "etc/pibuild/cib-configuration.xml"
         assert shipped_path.stat().st_mode & 0o777 == 0o644
@@ -434,12 +481,13 @@ def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(build):
     assert locations == {"rs-vip-1", "rs-vip-2"}
 
 
-def test_the_scheduler_moves_a_vip_to_an_answering_bind_and_keeps_it_on_the_last_node(build):
+def test_the_scheduler_moves_a_vip_to_an_answering_bind_and_keeps_it_on_the_last_node(release_node):
     """The image's own Pacemaker scheduler (crm_simulate) on the configuration the build shipped, step by step from
     both nodes up: a failed BIND monitor on a node sends its VIP to the node whose monitor runs; on the last node
     left it keeps both VIPs. (Colocated at INFINITY, one false miss there, BIND busy rescanning its interfaces as a
     VIP arrived, stopped both VIPs until the lost node came back: 287 s in a lab drill.)"""
-    with rootfs(image(build, "dns-pm01")) as root, pcs_sandbox(root):
+    img, arch, _ = release_node
+    with rootfs(img) as root, pcs_sandbox(root, arch):
         shutil.copyfile(root / "etc/pibuild/cib-configuration.xml", root / "tmp/0.xml")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
         steps = iter(range(1, 100))
