@@ -1,7 +1,8 @@
 """`pibuild smoke`: boot a node in QEMU (TCG here) through the real CLI, on every release (issue 19).
 
-- the bundled example's dns-pm01 (bookworm armhf) and the bullseye armhf node (dhcpcd, pcs 0.10) pass every check,
-  and the image's sha256 is the same before and after the run;
+- the bullseye armhf node (dhcpcd, pcs 0.10) passes every check, and the image's sha256 is the same before and after
+  the run (the bundled example, bookworm armhf, passes them too, `bench/smoke.py`; in the suite the armhf lab boots
+  it and forms its cluster: CI's 90 minutes hold one passing smoke run besides the labs);
 - a copy of the trixie arm64 node (the image tier's cluster, which the arm64 lab forms) with a syntax error in
   /etc/bind/named.conf.options fails, the message names the `named` check and the serial log, which is kept; the
   checks before BIND (boot, login, hostname, NetworkManager's static address beside cloud-init's drop-in) pass;
@@ -103,15 +104,14 @@ def trixie_image(tmp_path_factory):
 @pytest.mark.qemu
 @needs_root
 @needs_tools
-@pytest.mark.parametrize("built", ["example_image", "bullseye_image"])
-def test_image_passes_and_is_unchanged(built, request, tmp_path, clean_host):
-    example_image = request.getfixturevalue(built)
-    recorded = Path(f"{example_image}.sha256").read_text().split()[0]
-    before = sha256(example_image)
+def test_bullseye_node_passes_and_is_unchanged(bullseye_image, tmp_path, clean_host):
+    image = bullseye_image
+    recorded = Path(f"{image}.sha256").read_text().split()[0]
+    before = sha256(image)
     assert before == recorded
-    mtime = example_image.stat().st_mtime_ns
+    mtime = image.stat().st_mtime_ns
 
-    proc = run_pibuild("smoke", str(example_image), "--log-dir", str(tmp_path), timeout=1500)
+    proc = run_pibuild("smoke", str(image), "--log-dir", str(tmp_path), timeout=1500)
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -123,8 +123,8 @@ def test_image_passes_and_is_unchanged(built, request, tmp_path, clean_host):
     assert "waiting for dns-pm02" in proc.stdout  # the lone initiator waits for its peer
     assert list(tmp_path.iterdir()) == [], "the serial log of a passing run is removed without --keep-log"
 
-    assert sha256(example_image) == before, "the smoke run changed the image"
-    assert example_image.stat().st_mtime_ns == mtime
+    assert sha256(image) == before, "the smoke run changed the image"
+    assert image.stat().st_mtime_ns == mtime
 
 
 def break_bind(image: Path) -> None:
