@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import lzma
+import os
 import re
 import shutil
 import time
@@ -66,7 +67,7 @@ def mmdebstrap(cluster: Cluster, dest: Path) -> None:
             f"--hook-directory={debian_dir() / 'hooks'}",
             cluster.base.release, str(dest), *mirror_lines(cluster)]
     started = time.monotonic()
-    tools.run_interruptible(argv, what="mmdebstrap")
+    tools.run_interruptible(argv, what="mmdebstrap", env={**os.environ, **chroot.user_env(cluster.base.arch)})
     progress.say(f"  mmdebstrap: {len(debian_packages(cluster))} packages in {time.monotonic() - started:.0f}s")
 
 

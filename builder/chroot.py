@@ -46,6 +46,13 @@ def ensure_binfmt(arch: str) -> None:
             raise PibuildError(f"cannot register {name} with binfmt_misc: {exc.strerror}") from None
 
 
+def user_env(arch: str) -> dict[str, str]:
+    """Environment for a process that runs the image's programs under qemu-user (releases.Arch.qemu_user_cpu);
+    inherited by everything it starts (mmdebstrap's dpkg, maintainer scripts)."""
+    cpu = ARCHES[arch].qemu_user_cpu
+    return {"QEMU_CPU": cpu} if cpu else {}
+
+
 @contextlib.contextmanager
 def chroot(root: Path, arch: str) -> Iterator[Chroot]:
     """Bind the kernel file systems into root, forbid service starts; undo all of it on the way out."""
@@ -67,7 +74,7 @@ def chroot(root: Path, arch: str) -> Iterator[Chroot]:
             (root / target).mkdir(parents=True, exist_ok=True)
             argv = ["mount", "-o", ",".join(opts)] if opts else ["mount", "-t", fs]
             tools.run([*argv, fs, str(root / target)], capture=True)
-        yield Chroot(root)
+        yield Chroot(root, user_env(arch))
     finally:
         mounts.unmount_all_under(root / "proc")
         mounts.unmount_all_under(root / "sys")
@@ -82,13 +89,15 @@ def chroot(root: Path, arch: str) -> Iterator[Chroot]:
 
 
 class Chroot:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, qemu_env: Mapping[str, str] | None = None):
         self.root = root
+        self.qemu_env = dict(qemu_env or {})
 
     def run(self, argv: list[str], *, env: Mapping[str, str] | None = None, input: bytes | None = None,
             what: str = "") -> None:
         full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "HOME": "/root", **(env or {})}
+                    "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "HOME": "/root", **self.qemu_env,
+                    **(env or {})}
         proc = subprocess.run(["chroot", str(self.root), *argv], env=full_env, input=input)
         if proc.returncode != 0:
             raise PibuildError(f"{what or ' '.join(argv)} failed inside the image (exit {proc.returncode})")

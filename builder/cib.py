@@ -46,8 +46,8 @@ def _scratch(root: Path) -> Iterator[None]:
         yield
 
 
-def _inside(root: Path, *argv: str) -> str:
-    proc = tools.run(["chroot", str(root), *argv], capture=True, check=False, env=ENV)
+def _inside(root: Path, env: dict[str, str], *argv: str) -> str:
+    proc = tools.run(["chroot", str(root), *argv], capture=True, check=False, env=env)
     if proc.returncode != 0:
         err = (proc.stderr + proc.stdout).decode(errors="replace").strip()
         raise PibuildError(f"building the cluster's CIB in the image: `{' '.join(argv)}` failed "
@@ -59,10 +59,11 @@ def build(root: Path, arch: str, commands: list[list[str]]) -> bytes:
     """Run the plan's `pcs -f` commands with the image's pcs on an empty CIB; crm_verify must accept the result."""
     scratch = root / SCRATCH.lstrip("/")
     with chroot.chroot(root, arch), _scratch(root):
-        scratch.write_text(_inside(root, "cibadmin", "--empty"))
+        env = {**ENV, **chroot.user_env(arch)}
+        scratch.write_text(_inside(root, env, "cibadmin", "--empty"))
         for command in commands:
-            _inside(root, "pcs", "-f", SCRATCH, *command)
-        _inside(root, "crm_verify", "--xml-file", SCRATCH)
+            _inside(root, env, "pcs", "-f", SCRATCH, *command)
+        _inside(root, env, "crm_verify", "--xml-file", SCRATCH)
         return scratch.read_bytes()
 
 

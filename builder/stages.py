@@ -77,7 +77,7 @@ def run_stages(ch: Chroot, cluster: Cluster, *, packages_installed: bool) -> Non
                 ch.apt_install(step.path.read_text().split())
         elif step.kind == "run.sh":
             proc = subprocess.run(["bash", "-e", str(step.path)], cwd=step.substage,
-                                  env={**os.environ, **env, "ROOTFS_DIR": str(ch.root)})
+                                  env={**os.environ, **ch.qemu_env, **env, "ROOTFS_DIR": str(ch.root)})
             if proc.returncode != 0:
                 raise PibuildError(f"stage step {step} failed (exit {proc.returncode})")
         else:

@@ -6,7 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import MissingTool, PibuildError
@@ -73,14 +73,15 @@ def run(argv: Sequence[str], *, input: bytes | str | None = None, capture: bool 
     return proc
 
 
-def run_interruptible(argv: Sequence[str], *, what: str, grace: float = 60.0) -> None:
+def run_interruptible(argv: Sequence[str], *, what: str, grace: float = 60.0,
+                      env: Mapping[str, str] | None = None) -> None:
     """Run a long child (mmdebstrap) in the foreground; on Ctrl-C let it clean up its own mounts before we do ours.
 
     The terminal's SIGINT reaches the child too; a SIGTERM to pibuild alone is passed on to it.
     """
     if "/" not in str(argv[0]):
         require(str(argv[0]))
-    proc = subprocess.Popen(list(argv))
+    proc = subprocess.Popen(list(argv), env=env)
     try:
         rc = proc.wait()
     except BaseException:

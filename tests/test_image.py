@@ -309,7 +309,7 @@ def test_every_node_carries_the_cluster_key_and_makes_the_same_corosync_conf(bui
             i = setup.index("--corosync_conf")
             setup[i + 1] = "/tmp/corosync.conf"  # the root is mounted read-only here
             proc = subprocess.run(["chroot", str(root), *setup], capture_output=True, text=True, timeout=600,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+                                  env=chroot_env("arm64"))
             assert proc.returncode == 0, proc.stdout + proc.stderr
             made[node] = (root / "tmp/corosync.conf").read_text()
     assert made["dns-pm01"] == made["dns-pm02"]
@@ -422,6 +422,12 @@ def test_file_base_runs_the_stages_on_a_local_image(build, tmp_path):
     assert loop_devices() <= loops and mounts() <= mnts
 
 
+def chroot_env(arch: str) -> dict[str, str]:
+    """For the image's programs under qemu-user, as the build runs them (the CPU it emulates included)."""
+    from builder import chroot
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", **chroot.user_env(arch)}
+
+
 @contextlib.contextmanager
 def pcs_sandbox(root: Path, arch: str = "arm64"):
     """The read-only image root with a scratch /tmp, /proc and /dev: enough for `pcs -f FILE` and the agents."""
@@ -452,7 +458,7 @@ def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(release_node):
 
         def inside(*argv: str) -> subprocess.CompletedProcess:
             return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=600,
-                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+                                  env=chroot_env(arch))
 
         empty = inside("cibadmin", "--empty")
         assert empty.returncode == 0, empty.stderr
@@ -489,7 +495,7 @@ def test_the_scheduler_moves_a_vip_to_an_answering_bind_and_keeps_it_on_the_last
     img, arch, _ = release_node
     with rootfs(img) as root, pcs_sandbox(root, arch):
         shutil.copyfile(root / "etc/pibuild/cib-configuration.xml", root / "tmp/0.xml")
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+        env = chroot_env(arch)
         steps = iter(range(1, 100))
 
         def after(state: int, *events: str) -> tuple[int, dict[str, tuple[str, ...]]]:
@@ -515,6 +521,20 @@ def test_the_scheduler_moves_a_vip_to_an_answering_bind_and_keeps_it_on_the_last
         assert where == {"rs-vip-1": ("dns-pm02",), "rs-vip-2": ("dns-pm02",)}, "the last node keeps its VIPs"
         _, where = after(missed, "-u", "dns-pm01")
         assert where == {"rs-vip-1": ("dns-pm01",), "rs-vip-2": ("dns-pm01",)}, "to the node whose BIND answers"
+
+
+def test_the_image_programs_run_on_a_pi_3_cpu_without_pointer_authentication(build):
+    """What the build runs under qemu-user (dpkg, pcs, crm_verify) runs as a Cortex-A53: qemu's default arm64 CPU
+    authenticates pointers, which trixie's programs do at every return and TCG computes slowly (5x slower here).
+    AT_HWCAP's PACA bit (1 << 30) says which CPU the program got."""
+    script = ("import struct; a = open('/proc/self/auxv', 'rb').read(); "
+              "print(dict(struct.iter_unpack('<QQ', a)).get(16, 0) >> 30 & 1)")
+    with rootfs(image(build, "dns-pm01")) as root, pcs_sandbox(root):
+        def paca(env: dict[str, str]) -> str:
+            return subprocess.run(["chroot", str(root), "python3", "-S", "-c", script], capture_output=True,
+                                  text=True, timeout=600, env=env, check=True).stdout.strip()
+        assert paca(chroot_env("arm64")) == "0"
+        assert paca({k: v for k, v in chroot_env("arm64").items() if k != "QEMU_CPU"}) == "1", "qemu's default"
 
 
 def test_a_cib_command_pcs_refuses_fails_cleanly(build, tmp_path):
