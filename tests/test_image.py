@@ -203,6 +203,7 @@ def test_root_filesystem_holds_the_node_files(build):
             pcsd_defaults = (root / "etc/default/pcsd").read_text().splitlines()
             assert f"PCSD_BIND_ADDR='192.168.100.{i + 1},127.0.0.1,127.0.1.1'" in pcsd_defaults
             assert "RACK_ENV=production" in pcsd_defaults
+            assert "PCSD_WORKER_COUNT=2" in pcsd_defaults, "not pcs's ten workers, which starve an emulated node"
             assert "EnvironmentFile=/etc/default/pcsd" in (root / "lib/systemd/system/pcsd.service").read_text()
             fstab = (root / "etc/fstab").read_text()
             assert f"PARTUUID={disk_id}-01" in fstab and f"PARTUUID={disk_id}-02" in fstab
