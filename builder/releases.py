@@ -41,6 +41,10 @@ class Release:
     first_boot_hooks: tuple[str, ...]
     # How BIND notices a floating address that arrives after it started (9.16 rescans on a timer, in minutes).
     bind_interface_scan: str
+    # Whether the node must bring its own `localhost` zone, which the named2 monitor asks by default (trixie's bind9
+    # no longer ships named.conf.default-zones, and BIND 9.20 alone answers SERVFAIL for localhost). A node file:
+    # left out of the repr, which image.cluster_key() digests, as it changes no cluster image.
+    bind_localhost_zone: bool = field(default=False, repr=False)
     # The Raspberry Pi OS Lite download directory names, by arch (raspios base).
     raspios_dirs: dict[str, str] = field(default_factory=dict)
     # The pi-gen branch that builds this release, by arch (`pibuild pigen`): pi-gen's build.sh sets ARCH itself, one
@@ -86,6 +90,7 @@ RELEASES: dict[str, Release] = {
         pcs=PcsSyntax(version="0.12.0.2", destroy_confirm=("--yes",), group_keyword=("group",)),
         first_boot_hooks=("cloud-init",),
         bind_interface_scan="automatic-interface-scan yes;",
+        bind_localhost_zone=True,
         raspios_dirs={"armhf": "raspios_lite_armhf", "arm64": "raspios_lite_arm64"},
         pigen_branches={"armhf": "trixie", "arm64": "trixie-arm64"},
     ),

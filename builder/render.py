@@ -21,6 +21,7 @@ from builder.releases import RELEASES
 # Which overlays/ layers a node receives: "common" always, the others chosen by the release table.
 LAYER_FOR_BACKEND = {"dhcpcd": "dhcpcd", "networkmanager": "networkmanager"}
 LAYER_FOR_HOOK = {"cloud-init": "cloud-init"}
+LAYER_FOR_BIND_LOCALHOST_ZONE = "bind-localhost"
 
 # Files that must not be readable by anyone but root (anything else: 0755 if executable in the source, else 0644).
 PRIVATE = ("etc/NetworkManager/system-connections/*", "etc/pibuild/hacluster-password", "etc/dhcpcd.conf.secret")
@@ -53,6 +54,8 @@ def layers(cluster: Cluster) -> list[str]:
     release = RELEASES[cluster.base.release]
     names = ["common", LAYER_FOR_BACKEND[release.network_backend]]
     names += [LAYER_FOR_HOOK[h] for h in release.first_boot_hooks if h in LAYER_FOR_HOOK]
+    if release.bind_localhost_zone:
+        names.append(LAYER_FOR_BIND_LOCALHOST_ZONE)
     return names
 
 

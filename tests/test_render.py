@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import run_pibuild as pibuild
 
-from builder import config, plan, render, secrets
+from builder import config, plan, releases, render, secrets
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "cluster.yaml"
@@ -735,3 +735,24 @@ def test_bind_stop_hooks_agree(rendered):
     assert handoff["Service"]["ExecStop"] == "-/usr/lib/pibuild/named-handoff"
     assert (tree / "etc/pibuild/floating-addresses").read_text().split() == ["192.168.100.11", "192.168.100.12"]
     assert "/etc/pibuild/floating-addresses" in (tree / "usr/lib/pibuild/named-handoff").read_text()
+
+
+def test_a_release_whose_bind_has_no_localhost_zone_gets_one_that_loads(rendered, tmp_path):
+    """The named2 monitor asks for localhost. Trixie's bind9 ships no named.conf.default-zones (BIND 9.20 alone
+    answered SERVFAIL, and the monitor never started in the lab): the node brings the zone, and only there (a second
+    localhost zone beside Debian's would stop BIND from starting)."""
+    tree = rendered.trees["dns-pm01"]
+    local, zone = tree / "etc/bind/named.conf.local", tree / "etc/bind/db.localhost"
+    if not releases.RELEASES[rendered.release].bind_localhost_zone:
+        assert not local.exists() and not zone.exists()
+        return
+    if not shutil.which("named-checkconf"):
+        pytest.skip("named-checkconf is not installed (apt-get install bind9-utils)")
+    conf = tmp_path / "named.conf.local"
+    conf.write_text(local.read_text().replace('"/etc/bind/db.localhost"', f'"{zone.resolve()}"'))
+    wrapper = tmp_path / "named.conf"
+    wrapper.write_text(f'include "{(tree / NAMED_OPTIONS).resolve()}";\ninclude "{conf}";\n')
+    # -z loads every zone, as named does at start.
+    check = subprocess.run(["named-checkconf", "-z", str(wrapper)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "zone localhost/IN: loaded serial 1" in check.stdout
