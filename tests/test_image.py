@@ -432,18 +432,20 @@ def chroot_env(arch: str) -> dict[str, str]:
 @contextlib.contextmanager
 def pcs_sandbox(root: Path, arch: str = "arm64"):
     """The read-only image root with a scratch /tmp, /proc and /dev: enough for `pcs -f FILE` and the agents."""
-    from builder import chroot
+    from builder import chroot, cib
     chroot.ensure_binfmt(arch)
     mounted = []
-    try:
-        for argv, target in ((["mount", "-t", "tmpfs", "tmpfs"], "tmp"), (["mount", "-t", "proc", "proc"], "proc"),
-                             (["mount", "--bind", "/dev"], "dev")):
-            subprocess.run([*argv, str(root / target)], check=True)
-            mounted.append(root / target)
-        yield root
-    finally:
-        for m in reversed(mounted):
-            subprocess.run(["umount", str(m)], check=False)
+    # A scratch /tmp, and Pacemaker's schemas on a tmpfs as the build's CIB step has them (32-bit programs under
+    # qemu-user cannot list a directory of the host's ext4).
+    with cib._scratch(root):
+        try:
+            for argv, target in ((["mount", "-t", "proc", "proc"], "proc"), (["mount", "--bind", "/dev"], "dev")):
+                subprocess.run([*argv, str(root / target)], check=True)
+                mounted.append(root / target)
+            yield root
+        finally:
+            for m in reversed(mounted):
+                subprocess.run(["umount", str(m)], check=False)
 
 
 def test_the_image_own_pcs_accepts_every_cib_command_of_the_plan(release_node):
