@@ -58,8 +58,8 @@ def _inside(root: Path, env: dict[str, str], *argv: str) -> str:
 def build(root: Path, arch: str, commands: list[list[str]]) -> bytes:
     """Run the plan's `pcs -f` commands with the image's pcs on an empty CIB; crm_verify must accept the result."""
     scratch = root / SCRATCH.lstrip("/")
-    with chroot.chroot(root, arch), _scratch(root):
-        env = {**ENV, **chroot.user_env(arch)}
+    with chroot.chroot(root, arch) as ch, _scratch(root):
+        env = {**ENV, **ch.qemu_env}
         scratch.write_text(_inside(root, env, "cibadmin", "--empty"))
         for command in commands:
             _inside(root, env, "pcs", "-f", SCRATCH, *command)

@@ -105,7 +105,7 @@ def build_node(work: Path, config: Path, node: str) -> Path:
 @pytest.fixture(scope="session")
 def bullseye_image(tmp_path_factory) -> Path:
     """dns-pm01 of tests/configs/bullseye.yaml (armhf), built once per session for the image and the qemu tier:
-    the release that differs most from the others (dhcpcd, pcs 0.10, Pacemaker 2.0, BIND 9.16, /boot)."""
+    the release that differs most from the others (dhcpcd, pcs 0.10, Pacemaker 2.0, BIND 9.16, no merged /usr)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     return build_node(tmp_path_factory.mktemp("bullseye"), CONFIGS / "bullseye.yaml", "dns-pm01")
