@@ -250,7 +250,9 @@ def lab_config(cwd: Path, arch: str) -> str:
 # instances run one after the other, each torn down before the next. CI's 90 minutes on two cores hold one lab
 # beside three cold releases (issue 19): the arm64 one, as its trixie (pcs 0.12, Pacemaker 3.0) is the release whose
 # formation differs most, while the armhf boot path (the emulation kernel) is the smoke tier's two armhf boots.
-# PIBUILD_LAB_ARCHES=armhf,arm64 runs both labs (about 15 min more on a 2-core machine).
+# PIBUILD_LAB_ARCHES=armhf,arm64 runs both labs (about 15 min more on a 2-core machine). Module scope: the last lab
+# goes down once this module's tests are done, not at the session's end (two idle TCG guests running their monitors
+# would slow every later tier, the smoke boots most).
 LAB_ARCHES = ("armhf", "arm64")
 
 
@@ -258,7 +260,7 @@ def wanted_lab_arches() -> set[str]:
     return set(os.environ.get("PIBUILD_LAB_ARCHES", "arm64").split(","))
 
 
-@pytest.fixture(scope="session", params=LAB_ARCHES)
+@pytest.fixture(scope="module", params=LAB_ARCHES)
 def lab_up(request, tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
