@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pexpect
 
 from builder.errors import PibuildError
+
+# Terminal colour and cursor sequences (ESC [ ... letter): some programs colour their output whatever TERM says
+# (trixie's iproute2 colours `ip` on any terminal unless NO_COLOR is set).
+ANSI_SEQUENCE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class ConsoleError(PibuildError):
@@ -27,7 +32,7 @@ class Console:
     """
 
     SHELL_SETUP = ("stty -echo cols 250 rows 50; dmesg -n 1; unset HISTFILE; "
-                   "export TERM=dumb LC_ALL=C PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 COLUMNS=250")
+                   "export TERM=dumb NO_COLOR=1 LC_ALL=C PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0 COLUMNS=250")
 
     def __init__(self, child: pexpect.spawn, note=None):
         self.child = child
@@ -60,7 +65,7 @@ class Console:
                                        "login prompt (autologin drop-in not honoured?)") from None
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str]:
-        """Run one shell command line; its exit status and output (stdout and stderr, \\r removed)."""
+        """Run one shell command line; its exit status and output (stdout and stderr, \\r and colours removed)."""
         self._count += 1
         tag = f"{self._nonce}x{self._count}"
         self._note(command)
@@ -74,4 +79,4 @@ class Console:
         except pexpect.TIMEOUT:
             raise ConsoleTimeout(f"`{command}` did not finish within {timeout:.0f} s") from None
         rc = int(self.child.match.group(1))
-        return rc, self.child.before.replace("\r", "").strip("\n")
+        return rc, ANSI_SEQUENCE.sub("", self.child.before.replace("\r", "")).strip("\n")
