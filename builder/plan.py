@@ -111,6 +111,8 @@ def firstboot_plan(cluster: Cluster, node_name: str) -> dict:
     return {
         "cluster": cluster.name,
         "node": node.name,
+        # Not used by firstboot: what `pibuild smoke --board` boots the image as.
+        "model": node.model,
         "initiator": initiator.name,
         "is_initiator": node.name == initiator.name,
         "nodes": [{"name": n.name, "address": n.address} for n in cluster.nodes],

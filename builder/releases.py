@@ -152,24 +152,55 @@ def imager_tag(model: str, arch: str) -> str:
 
 
 @dataclass(frozen=True)
+class QemuBoard:
+    """A QEMU machine that emulates a Raspberry Pi's SoC (`pibuild smoke --board`)."""
+
+    machine: str
+    binary: str
+    # The SoC's UARTs as the upstream kernel names them, in the order of QEMU's -serial options.
+    uarts: tuple[str, ...] = ("ttyAMA0", "ttyS1")
+
+
+QEMU_BOARDS: dict[str, QemuBoard] = {
+    "raspi2b": QemuBoard("raspi2b", "qemu-system-arm"),
+    "raspi3b": QemuBoard("raspi3b", "qemu-system-aarch64"),
+}
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     description: str
     arches: tuple[str, ...]
     # Debian's armhf needs ARMv7; the ARMv6 boards run only Raspberry Pi OS's armhf.
     armv6: bool = False
+    # The upstream kernel's device tree of the board (Debian's raspi-firmware puts it on the boot partition).
+    dtb: str | None = None
+    # The UART on the GPIO header's pins 8/10 with `enable_uart=1`: the PL011 where there is no Bluetooth, the mini
+    # UART where Bluetooth has the PL011.
+    uart: str = "ttyAMA0"
+    # The QEMU board that boots it, by arch (QEMU_BOARDS). QEMU's raspi3b starts its cores in 64-bit mode only (a
+    # 32-bit kernel printed nothing there), so an armhf Pi 3 boots on raspi2b, whose BCM2836 has the BCM2837's
+    # peripherals at the same addresses, with the Pi 3's own device tree.
+    qemu_boards: dict[str, str] = field(default_factory=dict)
 
 
+_PI3 = {"armhf": "raspi2b", "arm64": "raspi3b"}
 MODELS: dict[str, Model] = {m.name: m for m in (
     Model("pi1b", "Raspberry Pi 1 Model B/B+", ("armhf",), armv6=True),
     Model("pi1a", "Raspberry Pi 1 Model A/A+", ("armhf",), armv6=True),
     Model("pizero", "Raspberry Pi Zero / Zero W", ("armhf",), armv6=True),
-    Model("pi2b", "Raspberry Pi 2 Model B v1.1 (Cortex-A7, 32-bit only)", ("armhf",)),
+    Model("pi2b", "Raspberry Pi 2 Model B v1.1 (Cortex-A7, 32-bit only)", ("armhf",), dtb="bcm2836-rpi-2-b.dtb",
+          qemu_boards={"armhf": "raspi2b"}),
     Model("pi2b-v1.2", "Raspberry Pi 2 Model B v1.2 (Cortex-A53)", ("armhf", "arm64")),
-    Model("pi3b", "Raspberry Pi 3 Model B", ("armhf", "arm64")),
-    Model("pi3b+", "Raspberry Pi 3 Model B+", ("armhf", "arm64")),
-    Model("pi3a+", "Raspberry Pi 3 Model A+", ("armhf", "arm64")),
-    Model("pizero2w", "Raspberry Pi Zero 2 W", ("armhf", "arm64")),
+    Model("pi3b", "Raspberry Pi 3 Model B", ("armhf", "arm64"), dtb="bcm2837-rpi-3-b.dtb", uart="ttyS1",
+          qemu_boards=_PI3),
+    Model("pi3b+", "Raspberry Pi 3 Model B+", ("armhf", "arm64"), dtb="bcm2837-rpi-3-b-plus.dtb", uart="ttyS1",
+          qemu_boards=_PI3),
+    Model("pi3a+", "Raspberry Pi 3 Model A+", ("armhf", "arm64"), dtb="bcm2837-rpi-3-a-plus.dtb", uart="ttyS1",
+          qemu_boards=_PI3),
+    Model("pizero2w", "Raspberry Pi Zero 2 W", ("armhf", "arm64"), dtb="bcm2837-rpi-zero-2-w.dtb", uart="ttyS1",
+          qemu_boards=_PI3),
     Model("pi4b", "Raspberry Pi 4 Model B", ("armhf", "arm64")),
     Model("pi400", "Raspberry Pi 400", ("armhf", "arm64")),
     Model("cm4", "Raspberry Pi Compute Module 4", ("armhf", "arm64")),

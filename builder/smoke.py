@@ -7,6 +7,10 @@ Checks (see README "Smoke test"): boot (the login prompt appears), login (a root
 hostname, address (the node's static address on its interface), named (active and answering
 `dig @127.0.0.1 localhost`), pcsd (active), firstboot (pibuild-firstboot.service present and waiting for its
 peers: a lone node cannot form the cluster), failed-units (`systemctl --failed` empty once the boot finished).
+
+`--board` boots the image on QEMU's board for its node's model (raspi2b, raspi3b) from the SD card, with the image's
+own kernel and initrd and the model's device tree, and adds root-grown (the first boot grew the root partition and
+its ext4 to the end of the card, which is larger than the image). BOARD_UNCHECKED is what the board cannot check.
 """
 
 from __future__ import annotations
@@ -28,10 +32,22 @@ from builder.errors import NeedsRoot, PibuildError
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
 # its login prompt at ~35 s and every unit up at ~75 s; the budget leaves room for a busy CI machine.
 DEFAULT_TIMEOUT = {"tcg": 900.0, "kvm": 300.0}
+# A board boots the image's own kernel with its SoC's devices emulated, always under TCG: several times slower.
+BOARD_TIMEOUT = 1800.0
 # How long one check keeps polling for its condition once the boot finished (a bounded part of the budget).
 # pcsd's from the end of the wait for the boot, which ends early when a unit failed (pcsd may not have started).
 POLL_LIMIT = {"address": 60.0, "named": 60.0, "pcsd": 300.0}
 CHECKS = ("boot", "login", "hostname", "address", "named", "pcsd", "firstboot", "failed-units")
+BOARD_CHECKS = ("boot", "login", "hostname", "root-grown", "address", "named", "pcsd", "firstboot", "failed-units")
+BOARD_UNCHECKED = ("the GPU firmware and config.txt (QEMU loads the kernel, initrd and device tree itself), the Pi's "
+                   "own LAN chip (a USB network gadget stands in for it), Wi-Fi and Bluetooth")
+# Slack at the end of the card that growpart may leave (its alignment), in 512-byte sectors.
+GROWN_SLACK_SECTORS = 2048
+# Prints the sizes check_root_grown judges, in 512-byte sectors.
+GROWN_SCRIPT = """root=$(findmnt -n -o SOURCE /); part=${root#/dev/}; disk=$(lsblk -n -o PKNAME "$root")
+echo "part=$part disk=$disk disk_size=$(cat /sys/class/block/$disk/size) start=$(cat /sys/class/block/$part/start)" \
+  "part_size=$(cat /sys/class/block/$part/size) fs_size=$(df -B512 --output=size / | tail -n 1 | tr -d ' ')"
+systemctl show -p ActiveState -p Result pibuild-expand-rootfs.service"""
 FIRSTBOOT_UNIT = "pibuild-firstboot.service"
 # Runs in the guest: polls until the boot's job queue is empty, or a unit failed or waits to be restarted after a
 # failure. Prints state=<systemctl is-system-running> last.
@@ -62,7 +78,9 @@ class SmokeReport:
     image: Path
     serial_log: Path
     mode: str = ""
+    machine: str = ""
     arch: str = ""
+    expected: tuple[str, ...] = CHECKS
     accel: str = ""
     checks: list[Check] = field(default_factory=list)
     boot_seconds: float | None = None      # QEMU start -> login prompt
@@ -143,12 +161,13 @@ class _Run:
         except qemu.ConsoleError as exc:
             self.add("login", False, str(exc))
             return
-        console = qemu.ARCHES[self.vm.boot.arch].console
-        self.add("login", True, f"root shell on {console} (autologin set up in the overlay only)")
+        self.add("login", True, f"root shell on {self.vm.boot.console} (autologin set up in the overlay only)")
 
         rc, out = self.sh("hostname")
         self.add("hostname", out.strip() == node.name,
                  out.strip() if out.strip() == node.name else f"{out.strip()!r}, expected {node.name!r}")
+        if "root-grown" in self.report.expected:
+            self.check_root_grown()
 
         # Everything after this waits for the boot to finish (pcsd alone takes ~25 s under TCG).
         self.settle()
@@ -169,6 +188,24 @@ class _Run:
         states = [w.removeprefix("state=") for w in out.split() if w.startswith("state=")]
         return states[-1] if states else "unknown"
 
+    def check_root_grown(self) -> None:
+        """pibuild-expand-rootfs (before sysinit.target, so done by the login) grew the root partition to the end of
+        the card and the ext4 to the partition."""
+        _, out = self.sh(GROWN_SCRIPT)
+        props = dict(word.split("=", 1) for word in out.split() if "=" in word)
+        try:
+            disk, start, part, fs = (int(props[k]) for k in ("disk_size", "start", "part_size", "fs_size"))
+        except (KeyError, ValueError):
+            self.add("root-grown", False, f"could not read the sizes: {_last_lines(out)}")
+            return
+        mib = lambda sectors: f"{sectors * 512 >> 20} MiB"  # noqa: E731
+        image_root = self.vm.layout.root_size // 512
+        detail = (f"/dev/{props.get('part')}: {mib(image_root)} in the image, now {mib(part)} ending "
+                  f"{mib(disk - start - part)} before the end of the {mib(disk)} card; ext4 {mib(fs)}; "
+                  f"pibuild-expand-rootfs {props.get('ActiveState', '?')} ({props.get('Result', '?')})")
+        grown = part > image_root and start + part >= disk - GROWN_SLACK_SECTORS and fs > image_root
+        self.add("root-grown", grown and props.get("Result") == "success", detail)
+
     def check_address(self, node: qemu.Node) -> None:
         if not node.address:
             self.add("address", False, "the image configures no static address (no NetworkManager keyfile with "
@@ -181,7 +218,9 @@ class _Run:
         if ok:
             self.add("address", True, f"{node.address} on {iface}")
             return
-        found = " ".join(w for line in out.splitlines() for w in line.split()[3:4]) or out.strip()[:200] or "none"
+        found = " ".join(w for line in out.splitlines() for w in line.split()[3:4] if "/" in w)
+        if not found:
+            found = f"no {iface} at all" if "does not exist" in out else out.strip()[:200] or "none"
         self.sh("ip -o link; nmcli -t device status 2>/dev/null; journalctl -b -u NetworkManager -n 20 --no-pager")
         self.add("address", False, f"{node.address} is not on {iface} (found: {found})")
 
@@ -323,9 +362,10 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = None, keep_log: bool = False,
           cpus: int = 1, emit: Callable[[Check], None] = lambda check: None,
-          tcg_tuning: bool = True) -> SmokeReport:
+          tcg_tuning: bool = True, board: bool = False, own_kernel: bool = False) -> SmokeReport:
     """Boot image in QEMU (never writing it) and run every check. The serial log is kept when a check failed or
-    keep_log is set, and deleted otherwise."""
+    keep_log is set, and deleted otherwise. board: on QEMU's board for the node's model (see the module's text);
+    an armhf image there boots the LPAE build of its kernel under TCG (as in the lab) unless own_kernel."""
     if os.geteuid() != 0:
         raise NeedsRoot("the smoke test (it mounts its QEMU overlay through FUSE and a loop device)")
     image = Path(image)
@@ -335,7 +375,7 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
     log_dir = Path(log_dir or tempfile.gettempdir())
     log_dir.mkdir(parents=True, exist_ok=True)
     serial_log = log_dir / f"pibuild-smoke-{image.stem}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    report = SmokeReport(image=image, serial_log=serial_log)
+    report = SmokeReport(image=image, serial_log=serial_log, expected=BOARD_CHECKS if board else CHECKS)
     workdir = Path(tempfile.mkdtemp(prefix="pibuild-smoke-"))
     vm = None
     finished = False
@@ -347,12 +387,19 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
             booted = workdir / image.name.removesuffix(".xz")
             compress.decompress_sparse(image, booted)
         vm = qemu.Vm(booted, workdir, serial_log, name=f"smoke-{booted.stem}"[:60], cpus=cpus,
-                     tcg_tuning=tcg_tuning)
+                     tcg_tuning=tcg_tuning, board=board, emulation_kernel=board and not own_kernel)
         vm.prepare()
-        report.mode, report.arch, report.accel = vm.boot.mode, vm.boot.arch, vm.accel_used
-        budget = timeout or DEFAULT_TIMEOUT[report.accel]
-        progress.say(f"==> {image.name}: {report.arch}, {vm.argv[0]} {report.mode} mode ({report.accel.upper()}), "
-                 f"node {vm.node.name}; serial log {serial_log}")
+        report.mode, report.machine, report.arch = vm.boot.mode, vm.boot.machine, vm.boot.arch
+        report.accel = vm.accel_used
+        budget = timeout or (BOARD_TIMEOUT if board else DEFAULT_TIMEOUT[report.accel])
+        progress.say(f"==> {image.name}: {report.arch}, {vm.argv[0]} -M {report.machine} ({report.accel.upper()}), "
+                     f"node {vm.node.name}; serial log {serial_log}")
+        if board:
+            model = vm.node.plan["model"]
+            kernel = "the image's" if vm.boot.own_kernel else "the LPAE build of the image's kernel,"
+            progress.say(f"    {model} on {report.machine}: device tree {vm.boot.dtb}, {kernel} {vm.boot.kernel}, "
+                         f"SD card of {vm.sd_card_size >> 20} MiB, console {vm.boot.console}; not checked here: "
+                         f"{BOARD_UNCHECKED}")
         vm.start()
         run = _Run(vm, report, vm.started_at + budget, emit)
         try:
@@ -361,10 +408,10 @@ def smoke(image: Path, *, timeout: float | None = None, log_dir: Path | None = N
         except qemu.ConsoleError as exc:
             # The console stopped answering mid-way: the check being run fails with the reason.
             done = {c.name for c in report.checks}
-            name = next(n for n in CHECKS if n not in done)
+            name = next(n for n in report.expected if n not in done)
             run.add(name, False, str(exc))
         report.checks_seconds = vm.elapsed()
-        for name in CHECKS:
+        for name in report.expected:
             if name not in {c.name for c in report.checks}:
                 run.add(name, False, "not run (an earlier check failed or the time ran out)")
         finished = True

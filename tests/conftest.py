@@ -111,6 +111,22 @@ def bullseye_image(tmp_path_factory) -> Path:
     return build_node(tmp_path_factory.mktemp("bullseye"), CONFIGS / "bullseye.yaml", "dns-pm01")
 
 
+@pytest.fixture(scope="session")
+def arm64_cluster(tmp_path_factory) -> dict:
+    """Both nodes of tests/configs/arm64.yaml (trixie, arm64, Pi 3B), built once per session with `pibuild all`, for
+    the image tier and the qemu tier's board boot; with what the build printed and what was attached before it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    work = tmp_path_factory.mktemp("arm64")
+    shutil.copy(CONFIGS / "arm64.yaml", work / "cluster.yaml")
+    loops_before, mounts_before = loop_devices(), mounts()
+    started = time.monotonic()
+    proc = run_pibuild("all", "-o", "out", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"dir": work, "out": work / "out", "stderr": proc.stderr, "seconds": time.monotonic() - started,
+            "loops_before": loops_before, "mounts_before": mounts_before}
+
+
 @pytest.fixture
 def needs_root():
     if os.geteuid() != 0:

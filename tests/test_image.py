@@ -26,7 +26,7 @@ from conftest import REPO, loop_devices, mounts, run_pibuild
 from builder import base, cache, config, emulation, secrets
 from builder import image as image_mod
 from builder.plan import MONITOR_COLOCATION_SCORE
-from builder.releases import RELEASES
+from builder.releases import MODELS, RELEASES
 
 pytestmark = [pytest.mark.image, pytest.mark.usefixtures("needs_image_tools")]
 
@@ -37,18 +37,9 @@ CLUSTER_PACKAGES = ("pacemaker", "pacemaker-cli-utils", "pcs", "resource-agents"
 
 
 @pytest.fixture(scope="session")
-def build(tmp_path_factory):
-    """Both nodes of tests/configs/arm64.yaml, built once per session (the cluster image is cached)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    work = tmp_path_factory.mktemp("arm64")
-    shutil.copy(REPO / "tests/configs/arm64.yaml", work / "cluster.yaml")
-    loops_before, mounts_before = loop_devices(), mounts()
-    started = time.monotonic()
-    proc = run_pibuild("all", "-o", "out", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {"dir": work, "out": work / "out", "stderr": proc.stderr, "seconds": time.monotonic() - started,
-            "loops_before": loops_before, "mounts_before": mounts_before}
+def build(arm64_cluster):
+    """Both nodes of tests/configs/arm64.yaml (conftest's arm64_cluster, which the qemu tier boots too)."""
+    return arm64_cluster
 
 
 @pytest.fixture(params=["trixie-arm64", "bullseye-armhf"])
@@ -158,8 +149,13 @@ def test_boot_partition_holds_firmware_kernel_and_a_matching_cmdline(build):
     assert any(n.startswith("vmlinuz-") and n.endswith("-arm64") for n in names), names
     assert any(n.startswith("initrd.img-") for n in names), names
     assert any(n.startswith("bcm2837-rpi-3-b") for n in names), "the Pi 3B device tree"
+    # `pibuild smoke --board` boots each arm64 model QEMU has a board for with its device tree from here.
+    assert {m.dtb for m in MODELS.values() if "arm64" in m.qemu_boards} <= set(names)
     cmdline = fat_read(img, "cmdline.txt").decode()
     assert f"root=PARTUUID={disk_id}-02" in cmdline
+    # A serial console on the header's UART (config.txt's enable_uart=1), the Pi 2's and the Pi 3's, and the screen.
+    consoles = [w.removeprefix("console=") for w in cmdline.split() if w.startswith("console=")]
+    assert {"tty0", "ttyAMA0,115200", "ttyS1,115200"} <= set(consoles), cmdline
     config_txt = fat_read(img, "config.txt").decode()
     assert "kernel=vmlinuz-" in config_txt and "initramfs initrd.img-" in config_txt
 

@@ -170,11 +170,11 @@ def test_lab_vm_is_detached_with_its_console_on_a_socket(tmp_path):
     detached.boot = foreground.boot = boot
     argv, plain = detached.qemu_argv(), foreground.qemu_argv()
     chardev = argv[argv.index("-chardev") + 1]
-    assert chardev == (f"socket,id=serial0,path={node.serial},server=on,wait=off,logfile={node.log},"
+    assert chardev == (f"socket,id=console,path={node.serial},server=on,wait=off,logfile={node.log},"
                        "logappend=on")
     assert argv[-5:] == ["-qmp", f"unix:{node.qmp},server=on,wait=off", "-pidfile", str(node.pidfile),
                          "-daemonize"]
-    assert plain[plain.index("-chardev") + 1] == "stdio,id=serial0,signal=off"
+    assert plain[plain.index("-chardev") + 1] == "stdio,id=console,signal=off"
     assert "-daemonize" not in plain and "-qmp" not in plain
     assert [a for a in argv if a != chardev][:-5] == [a for a in plain if not a.startswith("stdio,")]
 

@@ -1,22 +1,25 @@
-"""`pibuild smoke`: boot a node in QEMU (TCG here) through the real CLI (issue 19: every release boots in the suite,
-bullseye and bookworm here, trixie in the lab tier, where its two arm64 nodes form their cluster).
+"""`pibuild smoke`: boot a node in QEMU (TCG here) through the real CLI. Every release boots in the suite (issue 19):
+bullseye and bookworm here, trixie here on its board and in the lab tier, where its two arm64 nodes form their cluster.
 
-- the bullseye armhf node (dhcpcd, pcs 0.10) passes every check, and the image's sha256 is the same before and after
-  the run (the bundled example passes them too, `bench/smoke.py`; CI's 90 minutes hold one passing smoke run);
-- a copy of the bundled example's dns-pm01 (bookworm armhf) with a syntax error in /etc/bind/named.conf.options
-  fails, the message names the `named` check and the serial log, which is kept; the checks before BIND (boot,
-  login, hostname, NetworkManager's static address) pass;
-- the VM layer without booting: boot mode and QEMU argv for a Debian armhf image and for a Raspberry Pi OS-shaped
-  one (raspi2b/raspi3b), and the console login written to the overlay only.
+- `--board` (issue 20): the bundled example's dns-pm02 (bookworm armhf, a Pi 2B) on QEMU's raspi2b and the arm64
+  test cluster's dns-pm01 (trixie, a Pi 3B) on raspi3b, from an SD card larger than the image: every check passes,
+  the root partition grew to the end of the card, and the image's sha256 is the same before and after the run;
+- a copy of the bullseye armhf node (dhcpcd, pcs 0.10) with a syntax error in /etc/bind/named.conf.options fails
+  on QEMU's virt machine, the message names the `named` check and the serial log, which is kept; the checks before
+  BIND (boot, login, hostname, the static address) pass;
+- the VM layer without booting: boot mode and QEMU argv for a Debian image on virt and on each model's board, for
+  a Raspberry Pi OS-shaped one (raspi2b/raspi3b), the models QEMU cannot boot refused with exit 2, the console
+  login and the board's NIC name written to the overlay only.
 
-Each boot takes ~2-6 min under TCG on a 2-core machine (more when other VMs share it); the image is built once
-per session from the bundled example (seconds with a warm cache, ~8 min cold).
+A virt boot takes ~2-6 min under TCG on a 2-core machine, a board boot ~8-10 min (more when other VMs share it);
+the bundled example's images are built once per session (seconds with a warm cache, ~14 min cold).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,11 +28,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pexpect
 import pytest
 from conftest import loop_devices, mounts, run_pibuild
 
 from builder import qemu, smoke
 from builder.layout import read_layout
+from builder.qemu.overlay import overlay_root
+from builder.releases import MODELS, QEMU_BOARDS
 
 NODE = "dns-pm01"
 IMAGE_NAME = f"clst-01-{NODE}.img"
@@ -76,17 +82,25 @@ def clean_host(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def example_image(tmp_path_factory):
-    """The bundled example's dns-pm01, built once per session in a directory of its own."""
+def example_images(tmp_path_factory):
+    """The bundled example's two nodes, built once per session in a directory of its own, with no -c (so the
+    fallback to the bundled example is used): dns-pm01 (Pi 3B) and dns-pm02 (Pi 2B), bookworm armhf."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     work = tmp_path_factory.mktemp("smoke-build")
-    proc = run_pibuild("node", NODE, "-o", "out", cwd=work)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    image = work / "out" / IMAGE_NAME
-    assert image.is_file()
-    yield image
-    shutil.rmtree(work)  # 1.6 GB: not left to pytest's basetemp retention
+    images = {}
+    for node in (NODE, "dns-pm02"):
+        proc = run_pibuild("node", node, "-o", "out", cwd=work)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        images[node] = work / "out" / f"clst-01-{node}.img"
+        assert images[node].is_file()
+    yield images
+    shutil.rmtree(work)  # 1.6 GB each: not left to pytest's basetemp retention
+
+
+@pytest.fixture(scope="session")
+def example_image(example_images):
+    return example_images[NODE]
 
 
 # ---- booting -------------------------------------------------------------------------------------------------
@@ -94,25 +108,46 @@ def example_image(tmp_path_factory):
 @pytest.mark.qemu
 @needs_root
 @needs_tools
-def test_bullseye_node_passes_and_is_unchanged(bullseye_image, tmp_path, clean_host):
-    image = bullseye_image
+@pytest.mark.parametrize("arch,machine,dtb,console", [
+    ("armhf", "raspi2b", "bcm2836-rpi-2-b.dtb", "ttyAMA0"),     # the example's dns-pm02, a Pi 2B (bookworm)
+    ("arm64", "raspi3b", "bcm2837-rpi-3-b.dtb", "ttyS1"),       # tests/configs/arm64.yaml's dns-pm01, a Pi 3B (trixie)
+])
+def test_board_boot_passes_from_the_sd_card_and_grows_the_root(request, tmp_path, clean_host, arch, machine, dtb,
+                                                                 console):
+    """`pibuild smoke --board`: the image's kernel (armhf: its LPAE build, as in the lab) on QEMU's board for the
+    node's model, the model's device tree, the SD card larger than the image, the USB NIC as eth0: every check
+    passes, the root partition and its ext4 grew to the end of the card, and the image is unchanged."""
+    if arch not in os.environ.get("PIBUILD_BOARD_ARCHES", "armhf").split(","):
+        pytest.skip(f"the {arch} board boot runs with PIBUILD_BOARD_ARCHES=armhf,arm64 (CI's budget holds one board "
+                    "boot beside three cold releases and a lab; trixie arm64 boots in the lab)")
+    if arch == "armhf":
+        image = request.getfixturevalue("example_images")["dns-pm02"]
+    else:
+        image = request.getfixturevalue("arm64_cluster")["out"] / "clst-64-dns-pm01.img"
     recorded = Path(f"{image}.sha256").read_text().split()[0]
     before = sha256(image)
     assert before == recorded
     mtime = image.stat().st_mtime_ns
-
-    proc = run_pibuild("smoke", str(image), "--log-dir", str(tmp_path), timeout=1500)
+    proc = run_pibuild("smoke", "--board", str(image), "--log-dir", str(tmp_path), timeout=2400)
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    for name in CHECKS:
+    for name in smoke.BOARD_CHECKS:
         assert any(line.startswith("PASS") and line.split()[1] == name for line in lines), (name, proc.stdout)
     assert not any(line.startswith("FAIL") for line in lines)
     assert "login prompt after" in proc.stdout
     assert "smoke: PASS" in proc.stdout and "verdict after" in proc.stdout
-    assert "waiting for dns-pm02" in proc.stdout  # the lone initiator waits for its peer
+    peer = "dns-pm01" if image.stem.endswith("dns-pm02") else "dns-pm02"
+    assert f"waiting for {peer}" in proc.stdout  # the lone node waits for its peer
     assert list(tmp_path.iterdir()) == [], "the serial log of a passing run is removed without --keep-log"
-
+    assert f"-M {machine} (TCG)" in proc.stderr and f"device tree {dtb}" in proc.stderr
+    assert f"console {console}" in proc.stderr and "not checked here: the GPU firmware" in proc.stderr
+    (grown,) = [line for line in lines if line.split()[1:2] == ["root-grown"]]
+    sizes = re.search(r"(\d+) MiB in the image, now (\d+) MiB ending (\d+) MiB before the end of the (\d+) MiB card; "
+                      r"ext4 (\d+) MiB", grown)
+    image_mib, now_mib, slack_mib, card_mib, fs_mib = map(int, sizes.groups())
+    assert card_mib << 20 > image.stat().st_size and now_mib > image_mib and slack_mib <= 1 and fs_mib > image_mib
+    assert f"root shell on {console}" in proc.stdout
     assert sha256(image) == before, "the smoke run changed the image"
     assert image.stat().st_mtime_ns == mtime
 
@@ -138,9 +173,9 @@ def break_bind(image: Path) -> None:
 @pytest.mark.qemu
 @needs_root
 @needs_tools
-def test_broken_bind_config_fails_naming_named(example_image, tmp_path, clean_host):
+def test_broken_bind_config_fails_naming_named(bullseye_image, tmp_path, clean_host):
     broken = tmp_path / "broken.img"
-    subprocess.run(["cp", "--sparse=always", str(example_image), str(broken)], check=True)
+    subprocess.run(["cp", "--sparse=always", str(bullseye_image), str(broken)], check=True)
     break_bind(broken)
     logs = tmp_path / "logs"
 
@@ -184,6 +219,9 @@ def test_debian_image_argv_and_overlay_only_login(example_image, tmp_path, clean
     try:
         vm.prepare()
         assert (vm.boot.mode, vm.boot.arch) == ("virt", "armhf")
+        # `--board` boots each armhf model QEMU has a board for with its device tree from the boot partition.
+        names = set(qemu.inspection.fat_files(example_image, read_layout(example_image)))
+        assert {m.dtb for m in MODELS.values() if "armhf" in m.qemu_boards} <= names
         assert vm.node.name == NODE and vm.node.address == "192.168.100.1/24" and vm.node.interface == "eth0"
         argv = vm.argv
         assert argv[0] == "qemu-system-arm"
@@ -206,8 +244,9 @@ def test_debian_image_argv_and_overlay_only_login(example_image, tmp_path, clean
     assert not vm.overlay.exists()
 
 
-def _fake_raspios(path: Path, arch: str) -> None:
-    """A Raspberry Pi OS-shaped image: kernel7/8.img and bcm27xx device trees in the FAT, an ARM dpkg in ext4."""
+def _fake_image(path: Path, arch: str, fat: dict[str, str], root_files: dict[str, str]) -> None:
+    """A Raspberry Pi-shaped image: a FAT holding `fat` (name: content) and an ext4 with an ARM dpkg and
+    `root_files` (path: content). Nothing in it boots; the VM layer reads it without booting."""
     size_mib, boot = 80, (8192, 32768)
     with open(path, "wb") as f:
         f.truncate(size_mib << 20)
@@ -217,27 +256,53 @@ def _fake_raspios(path: Path, arch: str) -> None:
                          f"start={root_start}, type=83\n")
     subprocess.run(["mkfs.vfat", "--offset", str(boot[0]), str(path), str(boot[1] // 2)], check=True,
                    capture_output=True)
-    files = path.parent / f"fat-{arch}"
+    files = path.parent / f"fat-{path.stem}"
     files.mkdir()
-    (files / "cmdline.txt").write_text("console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 "
-                                       "rootfstype=ext4 fsck.repair=yes rootwait quiet "
-                                       "init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
-    for name in ("kernel.img", "kernel7.img", "kernel7l.img", "kernel8.img", "bcm2709-rpi-2-b.dtb",
-                 "bcm2710-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb", "config.txt"):
-        (files / name).write_bytes(b"stub")
+    for name, content in fat.items():
+        (files / name).write_text(content)
     subprocess.run(["mcopy", "-i", f"{path}@@{boot[0] * 512}", *map(str, files.iterdir()), "::/"], check=True,
                    env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
-    root = path.parent / f"root-{arch}"
+    root = path.parent / f"root-{path.stem}"
     (root / "usr/bin").mkdir(parents=True)
-    (root / "etc").mkdir()
     machine = {"armhf": 0x28, "arm64": 0xB7}[arch]
     elf_class = 1 if arch == "armhf" else 2
     header = b"\x7fELF" + bytes([elf_class, 1, 1]) + bytes(9) + (2).to_bytes(2, "little")
     header += machine.to_bytes(2, "little")
     (root / "usr/bin/dpkg").write_bytes(header + bytes(44))
-    (root / "etc/hostname").write_text("raspberrypi\n")
+    for name, content in {"etc/hostname": "raspberrypi\n", **root_files}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(content)
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-E", f"offset={root_start * 512}", "-d", str(root),
                     str(path), f"{(size_mib << 10) - root_start // 2}k"], check=True)
+
+
+def _fake_raspios(path: Path, arch: str) -> None:
+    """A Raspberry Pi OS-shaped image: kernel7/8.img and bcm27xx device trees in the FAT, an ARM dpkg in ext4."""
+    fat = {name: "stub" for name in ("kernel.img", "kernel7.img", "kernel7l.img", "kernel8.img",
+                                     "bcm2709-rpi-2-b.dtb", "bcm2710-rpi-3-b.dtb", "bcm2711-rpi-4-b.dtb",
+                                     "config.txt")}
+    fat["cmdline.txt"] = ("console=serial0,115200 console=tty1 root=PARTUUID=1234abcd-02 rootfstype=ext4 "
+                          "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot\n")
+    _fake_image(path, arch, fat, {})
+
+
+def _fake_debian(path: Path, arch: str, model: str | None) -> None:
+    """A debian-base node image as pibuild writes one: Debian's kernel named in config.txt, raspi-firmware's
+    upstream device trees, the node's plan (with its model unless None) and its NetworkManager keyfile."""
+    flavour = {"armhf": "6.1.0-50-armmp", "arm64": "6.12.117+deb13-arm64"}[arch]
+    fat = {name: "stub" for name in (f"vmlinuz-{flavour}", f"initrd.img-{flavour}", "bcm2836-rpi-2-b.dtb",
+                                     "bcm2837-rpi-3-b.dtb", "bcm2837-rpi-zero-2-w.dtb", "bcm2711-rpi-4-b.dtb")}
+    fat["config.txt"] = f"enable_uart=1\nupstream_kernel=1\nkernel=vmlinuz-{flavour}\ninitramfs initrd.img-{flavour}\n"
+    fat["cmdline.txt"] = ("console=tty0 console=ttyAMA0,115200 console=ttyS1,115200 root=PARTUUID=1234abcd-02 rw "
+                          "fsck.repair=yes net.ifnames=0 cma=64M rootwait\n")
+    plan = {"node": "dns-pm02", "nodes": [{"name": "dns-pm01"}, {"name": "dns-pm02"}]}
+    if model:
+        plan["model"] = model
+    _fake_image(path, arch, fat, {
+        "etc/pibuild/firstboot.json": json.dumps(plan),
+        "etc/NetworkManager/system-connections/eth0.nmconnection":
+            "[connection]\ninterface-name=eth0\n[ipv4]\nmethod=manual\naddress1=192.168.100.2/24\n",
+    })
 
 
 @needs_root
@@ -273,6 +338,96 @@ def test_raspios_image_uses_the_raspi_machine(tmp_path, clean_host, arch, machin
     finally:
         vm.stop()
     assert sha256(image) == before
+
+
+@needs_root
+@needs_tools
+@pytest.mark.parametrize("arch,model,machine,dtb,console", [
+    ("armhf", "pi2b", "raspi2b", "bcm2836-rpi-2-b.dtb", "ttyAMA0"),
+    ("arm64", "pi3b", "raspi3b", "bcm2837-rpi-3-b.dtb", "ttyS1"),
+    # QEMU's raspi3b runs no 32-bit kernel: an armhf Pi 3 boots on raspi2b with its own device tree.
+    ("armhf", "pizero2w", "raspi2b", "bcm2837-rpi-zero-2-w.dtb", "ttyS1"),
+])
+def test_board_boots_the_debian_kernel_on_the_models_board(tmp_path, clean_host, arch, model, machine, dtb, console):
+    image = tmp_path / "node.img"
+    _fake_debian(image, arch, model)
+    before = sha256(image)
+    vm = qemu.Vm(image, tmp_path / "vm", tmp_path / "serial.log", name="board-test", board=True)
+    try:
+        vm.prepare()
+        assert (vm.boot.mode, vm.boot.machine, vm.boot.dtb, vm.boot.console) == ("raspi", machine, dtb, console)
+        assert vm.boot.kernel.startswith("vmlinuz-") and vm.boot.initrd.startswith("initrd.img-")
+        argv = vm.argv
+        assert argv[0] == {"raspi2b": "qemu-system-arm", "raspi3b": "qemu-system-aarch64"}[machine]
+        assert argv[argv.index("-M") + 1] == machine and argv[argv.index("-dtb") + 1].endswith(dtb)
+        assert any(a.startswith("if=sd,") for a in argv) and any(a.startswith("usb-net,") for a in argv)
+        # The console's UART is the board's first (PL011) or second (mini UART): QEMU fills -serial in that order.
+        serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
+        assert serials == ["null"] * ("ttyAMA0", "ttyS1").index(console) + ["chardev:console"]
+        append = argv[argv.index("-append") + 1].split()
+        assert [w for w in append if w.startswith("console=")] == [f"console={console},115200"]
+        assert "root=PARTUUID=1234abcd-02" in append and "init_on_alloc=0" in append
+        # The SD card is larger than the image (room to grow) and a power of two (QEMU's SD card).
+        assert vm.sd_card_size > image.stat().st_size and vm.sd_card_size & (vm.sd_card_size - 1) == 0
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(vm.overlay)],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert info["virtual-size"] == vm.sd_card_size
+        # The overlay names the USB NIC as the node's interface (by its driver: cdc_subset gives it a random MAC)
+        # and logs in on the board's console.
+        (tmp_path / "look").mkdir()
+        with overlay_root(vm.overlay, vm.layout, tmp_path / "look") as root:
+            link = (root / "etc/systemd/network/10-pibuild-board-nic.link").read_text().splitlines()
+            assert "Driver=cdc_subset cdc_ether rndis_host" in link and "Name=eth0" in link
+            assert (root / f"etc/systemd/system/serial-getty@{console}.service.d/pibuild-autologin.conf").is_file()
+    finally:
+        vm.stop()
+    assert sha256(image) == before
+
+
+@needs_root
+@needs_tools
+@pytest.mark.parametrize("arch,model,wanted", [
+    ("arm64", "pi4b", "nodes[].model pi4b (Raspberry Pi 4 Model B, arm64): QEMU has no board"),
+    ("arm64", "pi5", "nodes[].model pi5 (Raspberry Pi 5, arm64): QEMU has no board"),
+    ("armhf", None, "does not say which Raspberry Pi model"),
+])
+def test_board_refuses_a_model_qemu_cannot_emulate(tmp_path, clean_host, arch, model, wanted):
+    image = tmp_path / "node.img"
+    _fake_debian(image, arch, model)
+    proc = run_pibuild("smoke", "--board", str(image), "--log-dir", str(tmp_path / "logs"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert wanted in proc.stderr and "Traceback" not in proc.stderr
+    message = [line for line in proc.stderr.splitlines() if "error" in line.lower() or wanted in line]
+    assert len(message) == 1, proc.stderr
+    if model:
+        assert "without --board (QEMU's virt machine)" in proc.stderr, "it names the closest check available"
+
+
+def test_every_model_qemu_boots_has_a_device_tree_and_console():
+    """The issue's mapping, from the one table: pi2b on raspi2b; the Pi 3 family on raspi3b (arm64) or raspi2b
+    (armhf); the Pi 1, Zero, 4 and 5 families on none."""
+    boards = {name: m.qemu_boards for name, m in MODELS.items() if m.qemu_boards}
+    assert boards == {"pi2b": {"armhf": "raspi2b"},
+                      **{m: {"armhf": "raspi2b", "arm64": "raspi3b"} for m in ("pi3b", "pi3b+", "pi3a+", "pizero2w")}}
+    for name in boards:
+        model = MODELS[name]
+        assert model.dtb and model.dtb.startswith(("bcm2836-", "bcm2837-")), name
+        assert model.uart in QEMU_BOARDS["raspi2b"].uarts and set(model.qemu_boards) <= set(model.arches)
+
+
+def test_console_output_comes_without_terminal_colours():
+    """Console.run against a real shell: output between its markers, exit status, and no colour sequences (trixie's
+    `ip` colours its addresses on any terminal, and a check compares them as text)."""
+    child = pexpect.spawn("bash", ["--norc", "--noprofile"], encoding="utf-8", timeout=10,
+                          env={"PATH": os.environ["PATH"], "PS1": "$ "})
+    try:
+        console = qemu.Console(child)
+        console.run("stty -echo", timeout=10)
+        rc, out = console.run(r"printf '2: eth0    inet \033[35m192.168.100.1\033[0m/24 brd\n'; false", timeout=10)
+        assert (rc, out) == (1, "2: eth0    inet 192.168.100.1/24 brd")
+        assert "NO_COLOR=1" in qemu.Console.SHELL_SETUP
+    finally:
+        child.close(force=True)
 
 
 def test_guest_cmdline():

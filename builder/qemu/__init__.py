@@ -12,7 +12,11 @@ Used by `pibuild smoke` (one node, an isolated user-mode network) and the lab (s
            the debian base. armhf only sees virtio-mmio devices (its non-LPAE kernel has no PCI), so both arches
            use `virtio-blk-device` / `virtio-net-device` (releases.ARCHES).
     raspi  Raspberry Pi OS's kernel7.img/kernel8.img and its bcm27xx device tree on `-M raspi2b` (armhf) or
-           `-M raspi3b` (arm64), the disk as the SD card, a `usb-net` NIC.
+           `-M raspi3b` (arm64), the disk as the SD card, a `usb-net` NIC. `Vm(board=True)` (`smoke --board`)
+           boots a Debian image this way too: its own vmlinuz and initrd, the upstream device tree of its node's
+           model, QEMU's board for that model (releases.MODELS, QEMU_BOARDS), the console on the UART the model's
+           header has; the SD card is the next power of two above the image's size, so the first boot grows the
+           root partition, and a .link file in the overlay gives the USB NIC the node's interface name.
   The kernel, initrd and device tree are copied out of the FAT with mtools (these machines have no vfat module).
 - The console login. The images have no password anyone knows (the login user may have none at all), so before the
   boot a systemd drop-in that makes the serial getty log root in automatically is written into the OVERLAY's root

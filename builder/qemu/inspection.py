@@ -3,6 +3,7 @@ module) and, from a mounted root file system, the node it is (arch, hostname, fi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import tools
-from builder.errors import PibuildError
+from builder.errors import PibuildError, UsageError
 from builder.layout import Layout, read_layout
+from builder.releases import ARCHES, MODELS, QEMU_BOARDS
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 # Raspberry Pi OS boot mode per arch: QEMU machine, kernel, device trees (Raspberry Pi's name, then the upstream
@@ -30,12 +32,21 @@ ELF_MACHINES = {0x28: "armhf", 0xB7: "arm64"}
 class Boot:
     """How to boot an image: from its boot partition."""
 
-    mode: str               # "virt" | "raspi"
+    mode: str               # "virt" | "raspi" (a Raspberry Pi board: Raspberry Pi OS's kernel, or `--board`)
     arch: str | None        # virt: from the kernel's name; raspi: from the root file system (Node.arch)
     kernel: str             # file names in the FAT
     initrd: str | None
     dtb: str | None
     cmdline: str            # cmdline.txt as the image has it
+    machine: str = "virt"   # QEMU's -M: "virt", or a releases.QEMU_BOARDS name
+    console: str = "ttyAMA0"  # the UART of the serial console, as the guest's kernel names it
+    own_kernel: bool = True   # False: another build of the image's kernel (builder.emulation)
+
+    @property
+    def serial_index(self) -> int:
+        """Which of the machine's UARTs QEMU's (one) -serial must reach: the board's order, 0 on virt."""
+        board = QEMU_BOARDS.get(self.machine)
+        return board.uarts.index(self.console) if board else 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ def inspect_boot(image: Path, workdir: Path, layout: Layout | None = None) -> Bo
         if arch is None:
             raise PibuildError(f"{image}: cannot tell the architecture of kernel {kernel} (expected a Debian "
                                "-arm64 or -armmp kernel)")
-        return Boot("virt", arch, kernel, initrd, None, cmdline)
+        return Boot("virt", arch, kernel, initrd, None, cmdline, console=ARCHES[arch].console)
     if any(spec[2] in names for spec in RASPI.values()):
         return Boot("raspi", None, "", None, None, cmdline)  # kernel and dtb chosen once the arch is known
     raise PibuildError(f"{image}: the boot partition holds neither Debian's vmlinuz-* nor Raspberry Pi OS's "
@@ -121,7 +132,27 @@ def raspi_boot(boot: Boot, arch: str, names: set[str]) -> Boot:
     if kernel not in names or dtb is None:
         raise PibuildError(f"the boot partition lacks {kernel} or {dtbs[0]}, needed to boot {arch} on QEMU's "
                            "raspi machine")
-    return Boot("raspi", arch, kernel, initrd if initrd in names else None, dtb, boot.cmdline)
+    return Boot("raspi", arch, kernel, initrd if initrd in names else None, dtb, boot.cmdline, machine=RASPI[arch][1])
+
+
+def board_boot(boot: Boot, node: Node, names: set[str]) -> Boot:
+    """`--board`: the QEMU board of the node's model (its `model` in the firstboot plan) with the image's own kernel
+    and initrd and the model's upstream device tree; a Raspberry Pi OS image boots on its board already."""
+    model = MODELS.get((node.plan or {}).get("model", ""))
+    if model is None:
+        raise UsageError(f"{node.name}: the image does not say which Raspberry Pi model it is for (no `model` in "
+                         "/etc/pibuild/firstboot.json: built by an older pibuild); rebuild it with `pibuild node "
+                         f"{node.name}`, or smoke it without --board")
+    board = model.qemu_boards.get(node.arch)
+    if board is None:
+        raise UsageError(f"nodes[].model {model.name} ({model.description}, {node.arch}): QEMU has no board that "
+                         "emulates it (its Raspberry Pi boards are the Pi 2B and 3B); the closest check available "
+                         "is `pibuild smoke IMAGE` without --board (QEMU's virt machine)")
+    if boot.mode == "raspi":
+        return boot
+    if model.dtb not in names:
+        raise PibuildError(f"the boot partition lacks {model.dtb}, the device tree of the {model.description}")
+    return dataclasses.replace(boot, mode="raspi", machine=board, dtb=model.dtb, console=model.uart)
 
 
 def inside(root: Path, path: str) -> Path:

@@ -49,6 +49,23 @@ def enable_root_autologin(root: Path, console: str) -> Path:
     return dropin
 
 
+# The kernel drivers that take QEMU's usb-net device (a Linux USB gadget: CDC subset, CDC Ethernet, RNDIS).
+USB_NET_DRIVERS = ("cdc_subset", "cdc_ether", "rndis_host")
+
+
+def name_board_nic(root: Path, interface: str) -> Path:
+    """A systemd .link for the QEMU board's usb-net NIC (written to the overlay): the name the node's network
+    configuration expects. A Pi's own LAN chip (smsc95xx, lan78xx) is eth0 with net.ifnames=0; cdc_subset, which
+    takes the usb-net device, names it usb0, and with a random MAC of its own (not QEMU's mac=), so the link is
+    matched by driver: the board has no other NIC."""
+    link = inside(root, "/etc/systemd/network") / "10-pibuild-board-nic.link"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.write_text("# Written by pibuild into a throw-away QEMU overlay (smoke --board), never into an image.\n"
+                    f"[Match]\nDriver={' '.join(USB_NET_DRIVERS)}\n\n[Link]\nName={interface}\n")
+    link.chmod(0o644)
+    return link
+
+
 def create_overlay(image: Path, overlay: Path, size: int | None = None) -> Path:
     """A qcow2 file backed by the image (read-only); size, when given, may exceed the image's."""
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.resolve()), str(overlay)]

@@ -25,9 +25,19 @@ from builder import emulation, tools
 from builder.errors import PibuildError
 from builder.layout import Layout, read_layout
 from builder.qemu.console import Console
-from builder.qemu.inspection import RASPI, Boot, Node, fat_copy, fat_files, inside, inspect_boot, raspi_boot, read_node
-from builder.qemu.overlay import create_overlay, enable_root_autologin, overlay_root, qemu_opt
-from builder.releases import ARCHES
+from builder.qemu.inspection import (
+    Boot,
+    Node,
+    board_boot,
+    fat_copy,
+    fat_files,
+    inside,
+    inspect_boot,
+    raspi_boot,
+    read_node,
+)
+from builder.qemu.overlay import create_overlay, enable_root_autologin, name_board_nic, overlay_root, qemu_opt
+from builder.releases import ARCHES, QEMU_BOARDS
 
 KVM_HOSTS = {"arm64": ("aarch64", "arm64"), "armhf": ("armv7l", "armv8l")}
 # The MAC prefix of the Raspberry Pi Foundation: globally administered, so usb-net's cdc_ether calls it eth0.
@@ -71,7 +81,7 @@ def _virt_hardware(vm: Vm, boot: Boot, accel: str, disk: str, netdev: str, mac: 
 
 def _raspi_hardware(vm: Vm, boot: Boot, accel: str, disk: str, netdev: str, mac: str) -> list[str]:
     """QEMU's Raspberry Pi board: its own memory and CPUs, the image's device tree, the disk as the SD card."""
-    return ["-M", RASPI[boot.arch][1], "-dtb", str(vm.workdir / boot.dtb),
+    return ["-M", boot.machine, "-dtb", str(vm.workdir / boot.dtb),
             "-drive", f"if=sd,file={disk},format=qcow2,cache=unsafe",
             "-netdev", netdev, "-device", f"usb-net,netdev=net0,mac={mac}"]
 
@@ -87,7 +97,7 @@ class Machine:
 # Per boot mode (Boot.mode). A board variant of a mode is one more entry here and a Boot that names it.
 MACHINES: dict[str, Machine] = {
     "virt": Machine(lambda boot: ARCHES[boot.arch].qemu_system, _virt_hardware),
-    "raspi": Machine(lambda boot: RASPI[boot.arch][0], _raspi_hardware),
+    "raspi": Machine(lambda boot: QEMU_BOARDS[boot.machine].binary, _raspi_hardware),
 }
 
 
@@ -123,10 +133,14 @@ class Vm:
     emulation_kernel: bool = False
     # Add the arch's TCG-only kernel options (releases.Arch.tcg_cmdline); off only to measure what they save.
     tcg_tuning: bool = True
+    # Boot a Debian image on the QEMU board of its node's model (inspection.board_boot), not on virt.
+    board: bool = False
     # None: QEMU in the foreground with its console on stdio (start() drives it through pexpect).
     detached: Detached | None = None
 
     boot: Boot | None = field(default=None, init=False)
+    layout: Layout | None = field(default=None, init=False)
+    sd_card_size: int | None = field(default=None, init=False)   # raspi: the SD card's size (the overlay's)
     node: Node | None = field(default=None, init=False)
     argv: list[str] = field(default_factory=list, init=False)
     console: Console | None = field(default=None, init=False)
@@ -144,9 +158,11 @@ class Vm:
         layout = read_layout(self.image)
         boot = inspect_boot(self.image, self.workdir, layout)
         size = None
-        if boot.mode == "raspi":
-            # QEMU's SD card must be a power of two in size: the overlay may be larger than its backing file.
-            size = 1 << max(self.image.stat().st_size - 1, 1).bit_length()
+        if boot.mode == "raspi" or self.board:
+            # QEMU's SD card must be a power of two in size, and larger than the image so that the first boot's
+            # growth of the root partition has room: the overlay may be larger than its backing file.
+            size = 1 << self.image.stat().st_size.bit_length()
+        self.layout, self.sd_card_size = layout, size
         if not self.overlay.exists():
             create_overlay(self.image, self.overlay, size)
         with overlay_root(self.overlay, layout, self.workdir) as root:
@@ -156,9 +172,13 @@ class Vm:
             elif boot.arch != self.node.arch:
                 raise PibuildError(f"{self.image}: the kernel {boot.kernel} is {boot.arch} but the root file system "
                                    f"is {self.node.arch}")
+            if self.board:
+                boot = board_boot(boot, self.node, set(fat_files(self.image, layout)))
+            if boot.mode == "raspi":
+                name_board_nic(root, self.node.interface or "eth0")
             if self.autologin:
-                enable_root_autologin(root, ARCHES[boot.arch].console)
-            if self.emulation_kernel and boot.mode == "virt":
+                enable_root_autologin(root, boot.console)
+            if self.emulation_kernel:
                 boot = self.emulation_boot(root, boot, layout)
         for name in (boot.kernel, boot.initrd, boot.dtb):
             if name and not (self.workdir / name).exists():
@@ -179,7 +199,7 @@ class Vm:
         image_initrd = fat_copy(self.image, layout, boot.initrd, self.workdir / boot.initrd)
         emulation.initramfs(image_initrd, tree, package.abi, self.workdir / initrd)
         image_initrd.unlink()
-        return dataclasses.replace(boot, kernel=kernel, initrd=initrd)
+        return dataclasses.replace(boot, kernel=kernel, initrd=initrd, own_kernel=False)
 
     def qemu_argv(self) -> list[str]:
         boot = self.boot
@@ -192,13 +212,14 @@ class Vm:
         else:
             netdev = "user,id=net0,restrict=on"
         if self.detached:
-            serial = (f"socket,id=serial0,path={qemu_opt(self.detached.serial)},server=on,wait=off,"
+            serial = (f"socket,id=console,path={qemu_opt(self.detached.serial)},server=on,wait=off,"
                       f"logfile={qemu_opt(self.serial_log)},logappend=on")
         else:
-            serial = "stdio,id=serial0,signal=off"
+            serial = "stdio,id=console,signal=off"
         machine = MACHINES[boot.mode]
+        # QEMU hands its -serial options to the machine's UARTs in order: the unused ones before the console's.
         argv = [machine.binary(boot), "-name", self.name, "-nodefaults", "-no-user-config", "-display", "none",
-                "-chardev", serial, "-serial", "chardev:serial0",
+                "-chardev", serial, *["-serial", "null"] * boot.serial_index, "-serial", "chardev:console",
                 "-kernel", str(self.workdir / boot.kernel)]
         if boot.initrd:
             argv += ["-initrd", str(self.workdir / boot.initrd)]
@@ -207,7 +228,7 @@ class Vm:
             extra = arch.tcg_cmdline
         if accel == "tcg" and self.tcg_start_timeout:
             extra = (f"systemd.default_timeout_start_sec={self.tcg_start_timeout}", *extra)
-        argv += ["-append", guest_cmdline(boot.cmdline, arch.console, extra)]
+        argv += ["-append", guest_cmdline(boot.cmdline, boot.console, extra)]
         argv += machine.hardware(self, boot, accel, disk, netdev, mac)
         if self.detached:
             argv += ["-qmp", f"unix:{qemu_opt(self.detached.qmp)},server=on,wait=off",
