@@ -403,6 +403,14 @@ def test_board_refuses_a_model_qemu_cannot_emulate(tmp_path, clean_host, arch, m
         assert "without --board (QEMU's virt machine)" in proc.stderr, "it names the closest check available"
 
 
+def test_own_kernel_without_board_is_a_usage_error(tmp_path):
+    image = tmp_path / "node.img"
+    image.write_bytes(b"")
+    proc = run_pibuild("smoke", "--own-kernel", str(image))
+    assert proc.returncode == 2 and "--own-kernel applies with --board only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_every_model_qemu_boots_has_a_device_tree_and_console():
     """The issue's mapping, from the one table: pi2b on raspi2b; the Pi 3 family on raspi3b (arm64) or raspi2b
     (armhf); the Pi 1, Zero, 4 and 5 families on none."""

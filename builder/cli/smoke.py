@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from builder import smoke as smoke_mod
-from builder.errors import PibuildError
+from builder.errors import PibuildError, UsageError
 
 
 @click.command(name="smoke")
@@ -29,6 +29,8 @@ from builder.errors import PibuildError
 def smoke(image: Path, timeout: float | None, keep_log: bool, board: bool, own_kernel: bool,
           log_dir: Path | None) -> None:
     """Boot IMAGE (.img or .img.xz) in QEMU (never changing it), log in on its serial console, check; exit 0 or 1."""
+    if own_kernel and not board:
+        raise UsageError("--own-kernel applies with --board only (without it every image boots its own kernel)")
     report = smoke_mod.smoke(image, timeout=timeout, log_dir=log_dir, keep_log=keep_log, board=board,
                              own_kernel=own_kernel, emit=lambda check: click.echo(check.line()))
     timing = (f"boot {report.boot_seconds:.1f} s to the login prompt, " if report.boot_seconds is not None else "")
