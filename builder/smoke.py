@@ -9,7 +9,7 @@ hostname, address (the node's static address on its interface), named (active an
 peers: a lone node cannot form the cluster), failed-units (`systemctl --failed` empty once the boot finished).
 
 `--board` boots the image on QEMU's board for its node's model (raspi2b, raspi3b) from the SD card, with the image's
-own kernel and initrd and the model's device tree, and adds root-grown (the first boot grew the root partition and
+initrd and kernel (armhf under TCG: the LPAE build of it, unless own_kernel) and the model's device tree, and adds root-grown (the first boot grew the root partition and
 its ext4 to the end of the card, which is larger than the image). BOARD_UNCHECKED is what the board cannot check.
 """
 
@@ -32,7 +32,8 @@ from builder.errors import NeedsRoot, PibuildError
 # The whole run's default budget (QEMU start to verdict). Under TCG a bookworm node on an idle 2-core machine has
 # its login prompt at ~35 s and every unit up at ~75 s; the budget leaves room for a busy CI machine.
 DEFAULT_TIMEOUT = {"tcg": 900.0, "kvm": 300.0}
-# A board boots the image's own kernel with its SoC's devices emulated, always under TCG: several times slower.
+# A board emulates the SoC's devices (the SD card's controller most of all), always under TCG: several times
+# slower.
 BOARD_TIMEOUT = 1800.0
 # How long one check keeps polling for its condition once the boot finished (a bounded part of the budget).
 # pcsd's from the end of the wait for the boot, which ends early when a unit failed (pcsd may not have started).
