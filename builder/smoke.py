@@ -9,8 +9,9 @@ hostname, address (the node's static address on its interface), named (active an
 peers: a lone node cannot form the cluster), failed-units (`systemctl --failed` empty once the boot finished).
 
 `--board` boots the image on QEMU's board for its node's model (raspi2b, raspi3b) from the SD card, with the image's
-initrd and kernel (armhf under TCG: the LPAE build of it, unless own_kernel) and the model's device tree, and adds root-grown (the first boot grew the root partition and
-its ext4 to the end of the card, which is larger than the image). BOARD_UNCHECKED is what the board cannot check.
+initrd and kernel (armhf under TCG: the LPAE build of it, unless own_kernel) and the model's device tree, and adds
+root-grown (the first boot grew the root partition and its ext4 to the end of the card, which is larger than the
+image). BOARD_UNCHECKED is what the board cannot check.
 """
 
 from __future__ import annotations
