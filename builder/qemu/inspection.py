@@ -16,12 +16,12 @@ from builder.layout import Layout, read_layout
 from builder.releases import ARCHES, MODELS, QEMU_BOARDS
 
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-# Raspberry Pi OS boot mode per arch: QEMU machine, kernel, device trees (Raspberry Pi's name, then the upstream
-# kernel's), initramfs (when the image has one).
+# Raspberry Pi OS boot mode per arch: QEMU machine (releases.QEMU_BOARDS), kernel, device trees (Raspberry Pi's
+# name, then the upstream kernel's), initramfs (when the image has one).
 RASPI = {
-    "arm64": ("qemu-system-aarch64", "raspi3b", "kernel8.img", ("bcm2710-rpi-3-b.dtb", "bcm2837-rpi-3-b.dtb"),
+    "arm64": ("raspi3b", "kernel8.img", ("bcm2710-rpi-3-b.dtb", "bcm2837-rpi-3-b.dtb"),
               "initramfs8"),
-    "armhf": ("qemu-system-arm", "raspi2b", "kernel7.img", ("bcm2709-rpi-2-b.dtb", "bcm2836-rpi-2-b.dtb"),
+    "armhf": ("raspi2b", "kernel7.img", ("bcm2709-rpi-2-b.dtb", "bcm2836-rpi-2-b.dtb"),
               "initramfs7"),
 }
 # ELF e_machine of the root file system's binaries -> Debian arch.
@@ -120,19 +120,19 @@ def inspect_boot(image: Path, workdir: Path, layout: Layout | None = None) -> Bo
             raise PibuildError(f"{image}: cannot tell the architecture of kernel {kernel} (expected a Debian "
                                "-arm64 or -armmp kernel)")
         return Boot("virt", arch, kernel, initrd, None, cmdline, console=ARCHES[arch].console)
-    if any(spec[2] in names for spec in RASPI.values()):
+    if any(spec[1] in names for spec in RASPI.values()):
         return Boot("raspi", None, "", None, None, cmdline)  # kernel and dtb chosen once the arch is known
     raise PibuildError(f"{image}: the boot partition holds neither Debian's vmlinuz-* nor Raspberry Pi OS's "
                        "kernel7.img/kernel8.img: nothing QEMU can boot")
 
 
 def raspi_boot(boot: Boot, arch: str, names: set[str]) -> Boot:
-    _, _, kernel, dtbs, initrd = RASPI[arch]
+    machine, kernel, dtbs, initrd = RASPI[arch]
     dtb = next((d for d in dtbs if d in names), None)
     if kernel not in names or dtb is None:
         raise PibuildError(f"the boot partition lacks {kernel} or {dtbs[0]}, needed to boot {arch} on QEMU's "
                            "raspi machine")
-    return Boot("raspi", arch, kernel, initrd if initrd in names else None, dtb, boot.cmdline, machine=RASPI[arch][1])
+    return Boot("raspi", arch, kernel, initrd if initrd in names else None, dtb, boot.cmdline, machine=machine)
 
 
 def board_boot(boot: Boot, node: Node, names: set[str]) -> Boot:

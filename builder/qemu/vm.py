@@ -167,13 +167,14 @@ class Vm:
             create_overlay(self.image, self.overlay, size)
         with overlay_root(self.overlay, layout, self.workdir) as root:
             self.node = read_node(root)
+            names = set(fat_files(self.image, layout)) if boot.mode == "raspi" or self.board else set()
             if boot.mode == "raspi":
-                boot = raspi_boot(boot, self.node.arch, set(fat_files(self.image, layout)))
+                boot = raspi_boot(boot, self.node.arch, names)
             elif boot.arch != self.node.arch:
                 raise PibuildError(f"{self.image}: the kernel {boot.kernel} is {boot.arch} but the root file system "
                                    f"is {self.node.arch}")
             if self.board:
-                boot = board_boot(boot, self.node, set(fat_files(self.image, layout)))
+                boot = board_boot(boot, self.node, names)
             if boot.mode == "raspi":
                 name_board_nic(root, self.node.interface or "eth0")
             if self.autologin:
